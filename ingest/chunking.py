@@ -184,15 +184,15 @@ def html_blocks(html: str) -> list[Block]:
     return blocks
 
 
-def html_title(html: str) -> str:
-    """The document's <title>, or its first <h1>, or ''."""
+def html_title(html: str, heading: str | None = None) -> str:
+    """og:title, else the article's first <h1> (given), else <title>, else ''."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
-    for candidate in (soup.find("meta", property="og:title"), soup.title, soup.find("h1")):
-        if candidate is None:
-            continue
-        text = candidate.get("content", "") if candidate.name == "meta" else candidate.get_text(" ")
+    og = soup.find("meta", property="og:title")
+    candidates = [og.get("content", "") if og else "", heading or "",
+                  soup.title.get_text(" ") if soup.title else ""]
+    for text in candidates:
         text = " ".join(str(text).split())
         if text:
             return text
@@ -232,7 +232,7 @@ def embedding_text(title: str, heading_path: Iterable[str], text: str) -> str:
 
 # -- splitting and merging --------------------------------------------------
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。])[\"')\]]*\s+")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?。])|(?<=[.!?。][\"')\]]))\s+")
 
 
 def split_sentences(text: str) -> list[str]:

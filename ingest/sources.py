@@ -273,7 +273,7 @@ def parse_html(html: str, *, source: str, url: str = "", title: str = "", date=N
     """An HTML page or fragment as a Document (article body only)."""
     blocks = html_blocks(html)
     h1, rest = take_title(blocks)
-    title = (title or html_title(html) or h1 or _title_from_source(source)).strip()
+    title = (title or html_title(html, h1) or _title_from_source(source)).strip()
     if h1 and h1.strip().lower() == title.lower():
         blocks = rest
     if not any(b.kind != "heading" for b in blocks):
