@@ -1,0 +1,244 @@
+"""The ingest pipeline against the real model, real SQLite + sqlite-vss and real posts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import CORPUS, MODEL
+from ingest.chunking import embedding_text
+from ingest.pipeline import Ingester, rebuild_index, reembed_all
+from ingest.sources import open_source
+from ragserver import store
+from ragserver.db import Reader, connect, init_schema
+from ragserver.embedder import SentenceTransformerEmbedder
+from ragserver.retrieve import search_passages
+
+
+def run_ingest(conn, embedder, *specs, prune=None, commit_rows=1000):
+    sources = [open_source(str(s)) for s in specs]
+    return Ingester(conn, embedder, commit_rows=commit_rows).run(sources, prune=prune)
+
+
+def counts(conn):
+    return {
+        "posts": conn.execute("SELECT count(*) FROM posts").fetchone()[0],
+        "passages": conn.execute("SELECT count(*) FROM passages").fetchone()[0],
+        "vectors": store.count_vectors(conn),
+        "fts": conn.execute("SELECT count(*) FROM passages_fts").fetchone()[0],
+        "index": store.count_index_rows(conn),
+    }
+
+
+def test_first_ingest_stores_everything_consistently(db, embedder, posts_dir):
+    summary = run_ingest(db, embedder, posts_dir)
+    n_posts = len(list(posts_dir.rglob("*.md")))
+    assert (summary.added, summary.updated, summary.unchanged) == (n_posts, 0, 0)
+    c = counts(db)
+    assert c["posts"] == n_posts
+    assert c["passages"] == c["vectors"] == c["fts"] == c["index"] == summary.embedded > n_posts
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # Vectors: little-endian float32, unit length, the model's dimension.
+    blob, metadata, content = db.execute(
+        "SELECT embedding, metadata, content FROM embeddings LIMIT 1").fetchone()
+    vector = np.frombuffer(blob, dtype="<f4")
+    assert vector.shape == (384,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+    meta = json.loads(metadata)
+    assert meta["source"].startswith("sqlite/") and meta["title"]
+    assert db.execute("SELECT text FROM passages WHERE text = ?", (content,)).fetchone()
+    info = store.get_model_info(db)
+    assert (info.name, info.dimension) == (MODEL, 384)
+
+
+def test_rerun_embeds_nothing(db, embedder, posts_dir):
+    first = run_ingest(db, embedder, posts_dir)
+    ids = db.execute("SELECT id, content_hash FROM passages ORDER BY id").fetchall()
+    generation = store.get_generation(db)
+    again = run_ingest(db, embedder, posts_dir)
+    assert (again.added, again.updated, again.deleted, again.embedded) == (0, 0, 0, 0)
+    assert again.unchanged == first.added
+    assert db.execute("SELECT id, content_hash FROM passages ORDER BY id").fetchall() == ids
+    assert store.get_generation(db) == generation  # readers need not reopen
+
+
+def test_editing_one_post_reembeds_only_its_changed_passages(db, embedder, posts_dir):
+    run_ingest(db, embedder, posts_dir)
+    post = posts_dir / "sqlite" / "enabling-wal-mode.md"
+    others_before = db.execute(
+        "SELECT p.id, p.content_hash FROM passages p JOIN posts o ON o.id = p.post_id "
+        "WHERE o.source != 'sqlite/enabling-wal-mode.md' ORDER BY p.id").fetchall()
+    post_id = store.get_post(db, "sqlite/enabling-wal-mode.md").id
+    before = {p.content_hash: p.id for p in store.passages_for_post(db, post_id)}
+    added = ("\n\nI later found that `PRAGMA wal_checkpoint(TRUNCATE);` shrinks the write-ahead "
+             "log file back to zero bytes, which is handy before copying the database elsewhere.\n")
+    post.write_text(post.read_text() + added)
+    summary = run_ingest(db, embedder, posts_dir)
+    assert (summary.updated, summary.added, summary.unchanged) == (1, 0, 26)
+    after = store.passages_for_post(db, post_id)
+    kept = [p for p in after if p.content_hash in before]
+    assert kept and all(before[p.content_hash] == p.id for p in kept)  # same rows, no re-embed
+    assert summary.embedded == len(after) - len(kept) <= 2
+    assert any("wal_checkpoint(TRUNCATE)" in p.text for p in after)
+    others_after = db.execute(
+        "SELECT p.id, p.content_hash FROM passages p JOIN posts o ON o.id = p.post_id "
+        "WHERE o.source != 'sqlite/enabling-wal-mode.md' ORDER BY p.id").fetchall()
+    assert others_after == others_before
+    c = counts(db)
+    assert c["passages"] == c["vectors"] == c["fts"] == c["index"]
+
+
+def test_deleted_post_is_pruned_with_everything_derived(db, embedder, posts_dir):
+    run_ingest(db, embedder, posts_dir)
+    gone = store.get_post(db, "sqlite/simple-recursive-cte.md")
+    gone_ids = [p.id for p in store.passages_for_post(db, gone.id)]
+    (posts_dir / "sqlite" / "simple-recursive-cte.md").unlink()
+    kept = run_ingest(db, embedder, posts_dir, prune=False)
+    assert kept.deleted == 0 and store.get_post(db, gone.source) is not None
+    summary = run_ingest(db, embedder, posts_dir)
+    assert summary.deleted == 1 and store.get_post(db, gone.source) is None
+    marks = ",".join("?" * len(gone_ids))
+    for table, column in [("passages", "id"), ("passages_fts", "rowid"), ("vss_passages_data", "rowid")]:
+        assert db.execute(f"SELECT count(*) FROM {table} WHERE {column} IN ({marks})",
+                          gone_ids).fetchone()[0] == 0, table
+    assert db.execute(f"SELECT count(*) FROM embeddings WHERE id IN ({marks})",
+                      [str(i) for i in gone_ids]).fetchone()[0] == 0
+    c = counts(db)
+    assert c["passages"] == c["vectors"] == c["fts"] == c["index"]
+    hits = search_passages(db, embedder, "The simplest recursive CTE", 20)
+    assert gone.source not in {h.source for h in hits}
+
+
+def test_skipped_file_is_not_pruned(db, embedder, posts_dir):
+    run_ingest(db, embedder, posts_dir)
+    post = posts_dir / "sqlite" / "null-case.md"
+    post.write_bytes(b"\xff\xfe broken encoding now")
+    summary = run_ingest(db, embedder, posts_dir)
+    assert summary.deleted == 0 and len(summary.skipped) == 1
+    assert store.get_post(db, "sqlite/null-case.md") is not None
+
+
+def test_search_finds_post_by_its_title(db, embedder, posts_dir):
+    run_ingest(db, embedder, posts_dir)
+    hits = search_passages(db, embedder, "Enabling WAL mode for SQLite database files", 5)
+    assert hits[0].source == "sqlite/enabling-wal-mode.md"
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all(-1.0 <= h.score <= 1.0 for h in hits)
+
+
+def test_prefixes_are_applied_when_embedding_and_never_stored(tmp_path, embedder, posts_dir):
+    e5_style = SentenceTransformerEmbedder(MODEL, "query: ", "passage: ")
+    conn = connect(tmp_path / "prefixed.db")
+    init_schema(conn)
+    run_ingest(conn, e5_style, posts_dir / "sqlite")
+    info = store.get_model_info(conn)
+    assert (info.query_prefix, info.passage_prefix) == ("query: ", "passage: ")
+    texts = [r[0] for r in conn.execute("SELECT text FROM passages")]
+    assert not any(t.startswith("passage: ") for t in texts)
+    assert conn.execute("SELECT count(*) FROM embeddings WHERE content LIKE 'passage: %'").fetchone()[0] == 0
+    pid, text, heading_path, title, blob = conn.execute(
+        "SELECT p.id, p.text, p.heading_path, o.title, e.embedding FROM passages p "
+        "JOIN posts o ON o.id = p.post_id JOIN embeddings e ON e.id = CAST(p.id AS TEXT) "
+        "ORDER BY p.id LIMIT 1").fetchone()
+    stored = np.frombuffer(blob, dtype="<f4")
+    full = embedding_text(title, json.loads(heading_path), text)
+    with_prefix = embedder.model.encode(["passage: " + full], normalize_embeddings=True)[0]
+    without = embedder.model.encode([full], normalize_embeddings=True)[0]
+    assert np.allclose(stored, with_prefix, atol=1e-4)
+    assert not np.allclose(stored, without, atol=1e-3)
+    query = e5_style.embed_query("WAL")
+    assert np.allclose(query, embedder.model.encode(["query: WAL"], normalize_embeddings=True)[0],
+                       atol=1e-5)
+    conn.close()
+
+
+def test_other_model_is_refused_then_reindex_switches(tmp_path, embedder, posts_dir):
+    conn = connect(tmp_path / "m.db")
+    init_schema(conn)
+    run_ingest(conn, embedder, posts_dir)
+    other = SentenceTransformerEmbedder(MODEL, "query: ", "passage: ")
+    with pytest.raises(store.ModelMismatchError, match="ragserver reindex"):
+        run_ingest(conn, other, posts_dir)
+    with pytest.raises(store.ModelMismatchError, match="ragserver reindex"):
+        search_passages(conn, other, "WAL", 3)
+    before = counts(conn)
+    assert reembed_all(conn, other) == before["passages"]
+    assert counts(conn) == before
+    assert store.get_model_info(conn) == other.info
+    assert search_passages(conn, other, "Enabling WAL mode for SQLite database files", 1)[0].source \
+        == "sqlite/enabling-wal-mode.md"
+    # A rerun re-splits every post for the new prefix (it takes a few tokens of the
+    # window), reusing the vectors of the passages that come out the same.
+    summary = run_ingest(conn, other, posts_dir)
+    assert summary.updated == before["posts"]
+    assert summary.reused > 0.9 * before["passages"]
+    assert summary.embedded + summary.reused == counts(conn)["passages"]
+    conn.close()
+
+
+def test_rebuild_index_from_stored_vectors(db, embedder, posts_dir):
+    run_ingest(db, embedder, posts_dir)
+    expected = [h.passage_id for h in search_passages(db, embedder, "window functions", 5)]
+    store.drop_index(db)
+    assert store.count_index_rows(db) == 0
+    assert search_passages(db, embedder, "window functions", 5) == []  # no crash on empty
+    assert rebuild_index(db, commit_rows=100) == store.count_vectors(db)
+    assert [h.passage_id for h in search_passages(db, embedder, "window functions", 5)] == expected
+
+
+def test_searching_an_empty_database_does_not_crash(tmp_path, embedder):
+    conn = connect(tmp_path / "empty.db")
+    init_schema(conn)
+    assert search_passages(conn, embedder, "anything", 5) == []
+    conn.execute("BEGIN")
+    store.set_model_info(conn, embedder.info)
+    conn.execute("COMMIT")
+    assert search_passages(conn, embedder, "anything", 5) == []
+    conn.close()
+
+
+def test_reader_reopens_when_another_connection_changed_the_index(tmp_path, embedder, posts_dir):
+    path = tmp_path / "shared.db"
+    writer = connect(path)
+    init_schema(writer)
+    first = posts_dir / "sqlite"
+    later = CORPUS / "python"
+    run_ingest(writer, embedder, first)
+    reader = Reader(path)
+    assert search_passages(reader.connection(), embedder, "Enabling WAL mode", 1)
+    run_ingest(writer, embedder, later, prune=False)
+    conn = reader.connection()
+    assert reader.reopened == 1
+    assert store.count_index_rows(conn) == store.count_vectors(writer)
+    hits = search_passages(conn, embedder, "Using uv to run Python scripts", 30)
+    assert any(not h.source.startswith("sqlite/") for h in hits)
+    reader.close()
+    writer.close()
+
+
+def test_commits_in_batches_of_commit_rows(db, embedder, posts_dir):
+    """Many small transactions (each bumps the generation) instead of one huge one."""
+    summary = run_ingest(db, embedder, posts_dir, commit_rows=50)
+    assert store.get_generation(db) >= summary.embedded // 50
+    c = counts(db)
+    assert c["passages"] == c["vectors"] == c["index"]
+
+
+def test_llm_similar_reads_the_passages_collection(db, embedder, posts_dir, tmp_path):
+    llm = shutil.which("llm") or str(__import__("pathlib").Path(sys.executable).parent / "llm")
+    run_ingest(db, embedder, posts_dir)
+    pid = store.get_post(db, "sqlite/enabling-wal-mode.md").id
+    first = store.passages_for_post(db, pid)[0].id
+    db_file = db.execute("PRAGMA database_list").fetchone()[2]
+    result = subprocess.run([llm, "similar", "passages", str(first), "-d", db_file, "-n", "3"],
+                            capture_output=True, text=True, env={"LLM_USER_PATH": str(tmp_path)},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(r["metadata"]["source"] for r in rows)
+    # The schema is unchanged by llm opening it.
+    assert store.count_vectors(db) == store.count_index_rows(db)
