@@ -96,9 +96,9 @@ def ingest(sources, db, base_url, prune, quiet):
         except SkipInput as skip:
             early_skips.append(Skipped(spec, str(skip).removeprefix(f"{spec}: ")))
             logging.getLogger("ragserver.ingest").warning("skipped %s", skip)
-    embedder = _embedder(settings)
     try:
         with ingest_lock(settings.db_path):
+            embedder = _embedder(settings)
             conn = _open(settings, must_exist=False)
             bar = _progress(quiet)
             try:

@@ -1,0 +1,169 @@
+"""The `ragserver` command end to end, in real subprocesses."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import CORPUS, copy_posts, ragserver
+from ragserver import store
+from ragserver.db import connect
+
+
+def test_ingest_search_stats_roundtrip(tmp_path, posts_dir):
+    db = tmp_path / "cli.db"
+    result = ragserver("ingest", posts_dir, "--db", db, "--base-url", "https://til.example/",
+                       "--quiet", check=True)
+    assert result.stdout.startswith("posts: 27 added, 0 updated, 0 unchanged, 0 deleted, 0 skipped;")
+    assert result.stderr == ""  # --quiet: nothing but warnings, and there were none
+    found = ragserver("search", "Turning WAL mode off again", "--db", db, "-n", "3", "--json",
+                      check=True)
+    rows = [json.loads(line) for line in found.stdout.splitlines()]
+    assert len(rows) == 3
+    assert {"source", "title", "url", "anchor", "text", "score"} <= set(rows[0])
+    assert rows[0]["source"] == "sqlite/enabling-wal-mode.md"
+    assert rows[0]["url"] == "https://til.example/sqlite/enabling-wal-mode"
+    assert rows[0]["anchor"] == "turning-wal-mode-off-again"
+    assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+    plain = ragserver("search", "Turning WAL mode off again", "--db", db, "-n", "1", check=True)
+    assert "https://til.example/sqlite/enabling-wal-mode#turning-wal-mode-off-again" in plain.stdout
+    stats = json.loads(ragserver("stats", "--db", db, "--json", check=True).stdout)
+    assert stats["posts"] == 27 and stats["passages"] == stats["vectors"] == stats["index_rows"]
+    assert stats["model"] == "sentence-transformers/all-MiniLM-L6-v2" and stats["dimension"] == 384
+    assert stats["query_prefix"] == "" and stats["index_bytes"] > 0
+    again = ragserver("ingest", posts_dir, "--db", db, "--base-url", "https://til.example/",
+                      "--quiet", check=True)
+    assert again.stdout.startswith("posts: 0 added, 0 updated, 27 unchanged, 0 deleted, 0 skipped; "
+                                   "passages embedded: 0;")
+
+
+def test_search_on_missing_and_empty_database(tmp_path):
+    missing = ragserver("search", "anything", "--db", tmp_path / "none.db")
+    assert missing.returncode == 1 and "ragserver ingest" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    empty_dir = tmp_path / "nothing"
+    empty_dir.mkdir()
+    made = ragserver("ingest", empty_dir, "--db", tmp_path / "empty.db")
+    assert made.returncode == 0 and "0 added" in made.stdout
+    empty = ragserver("search", "anything", "--db", tmp_path / "empty.db")
+    assert empty.returncode == 0 and "No posts" in empty.stderr and empty.stdout == ""
+    stats = ragserver("stats", "--db", tmp_path / "empty.db")
+    assert stats.returncode == 0 and "No posts" in stats.stdout
+
+
+def test_bad_input_is_skipped_with_warnings_and_exit_status(tmp_path, posts_dir):
+    (posts_dir / "sqlite" / "broken.md").write_bytes(b"# Title\n\n\xff\xfe\xfa not utf-8\n")
+    (posts_dir / "sqlite" / "bad-front.md").write_text("---\ntitle: [oops\n---\n\nBody text here.\n")
+    result = ragserver("ingest", posts_dir, tmp_path / "missing-dir", "--db", tmp_path / "b.db",
+                       "--quiet")
+    assert result.returncode == 3
+    assert "27 added" in result.stdout and "3 skipped" in result.stdout
+    assert "broken.md: not UTF-8" in result.stderr
+    assert "bad-front.md: malformed front matter" in result.stderr
+    assert "missing-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ndjson_from_stdin(tmp_path):
+    lines = [json.dumps({"id": p.stem, "url": f"https://til.example/{p.stem}",
+                         "content": p.read_text()}) for p in sorted((CORPUS / "sqlite").glob("*.md"))[:5]]
+    result = ragserver("ingest", "-", "--db", tmp_path / "s.db", "--quiet",
+                       input="\n".join(lines) + "\nnot json\n")
+    assert result.returncode == 3 and "5 added" in result.stdout and "stdin line 6" in result.stderr
+
+
+def _holds_lock(db) -> bool:
+    with open(str(db) + ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _start_ingest(posts, db, **env):
+    return subprocess.Popen([sys.executable, "-m", "ragserver", "ingest", str(posts), "--db", str(db),
+                             "--quiet"], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_second_concurrent_ingest_exits_clearly(tmp_path):
+    posts = copy_posts(tmp_path / "posts", ["python", "sqlite", "datasette"])
+    db = tmp_path / "lock.db"
+    first = _start_ingest(posts, db)
+    try:
+        deadline = time.time() + 120
+        while not _holds_lock(db):
+            assert first.poll() is None and time.time() < deadline, "first ingest never took the lock"
+            time.sleep(0.05)
+        second = ragserver("ingest", posts, "--db", db)
+        assert second.returncode == 75
+        assert "another ingest is already running" in second.stderr
+        assert str(first.pid) in second.stderr
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert "posts: 68 added" in out
+
+
+def _snapshot(path):
+    conn = connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        posts = conn.execute("SELECT source, title, url, content_hash FROM posts ORDER BY source").fetchall()
+        passages = conn.execute(
+            "SELECT o.source, p.position, p.anchor, p.text, p.content_hash, e.embedding "
+            "FROM passages p JOIN posts o ON o.id = p.post_id "
+            "JOIN embeddings e ON e.id = CAST(p.id AS TEXT) ORDER BY o.source, p.position").fetchall()
+        n = {"vectors": store.count_vectors(conn), "index": store.count_index_rows(conn),
+             "passages": len(passages),
+             "fts": conn.execute("SELECT count(*) FROM passages_fts").fetchone()[0]}
+        return posts, passages, n
+    finally:
+        conn.close()
+
+
+def test_killed_ingest_then_rerun_equals_clean_run(tmp_path):
+    posts = copy_posts(tmp_path / "posts", ["python", "sqlite"])
+    clean = tmp_path / "clean.db"
+    ragserver("ingest", posts, "--db", clean, "--quiet", check=True)
+
+    killed = tmp_path / "killed.db"
+    proc = _start_ingest(posts, killed, RAGSERVER_COMMIT_ROWS="40")
+    deadline = time.time() + 300
+    while True:  # wait until some batches are committed, then kill without warning
+        assert proc.poll() is None and time.time() < deadline, "ingest ended before it was killed"
+        if killed.exists():
+            try:
+                conn = connect(killed)
+                done = conn.execute("SELECT count(*) FROM posts").fetchone()[0]
+                conn.close()
+            except Exception:
+                done = 0
+            if done >= 10:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial_posts, _, partial = _snapshot(killed)
+    assert 10 <= len(partial_posts) < 58
+    assert partial["passages"] == partial["vectors"] == partial["index"] == partial["fts"]
+
+    rerun = ragserver("ingest", posts, "--db", killed, "--quiet", check=True)
+    assert f"{len(partial_posts)} unchanged" in rerun.stdout
+
+    clean_posts, clean_passages, clean_n = _snapshot(clean)
+    killed_posts, killed_passages, killed_n = _snapshot(killed)
+    assert killed_posts == clean_posts
+    assert killed_n == clean_n
+    assert [row[:5] for row in killed_passages] == [row[:5] for row in clean_passages]
+    for a, b in zip(killed_passages, clean_passages):
+        assert np.allclose(np.frombuffer(a[5], "<f4"), np.frombuffer(b[5], "<f4"), atol=1e-4)
