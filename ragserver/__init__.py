@@ -1,0 +1,29 @@
+"""ragserver: question answering and search for a blog, on one machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+
+
+def _asset_folder(name: str) -> str:
+    """templates/ and static/ sit beside the package in a checkout, inside it in a wheel."""
+    here = Path(__file__).resolve().parent
+    inside = here / name
+    return str(inside if inside.is_dir() else here.parent / name)
+
+
+def create_app(config=None, *, embedder=None, llm=None) -> Flask:
+    """Build the web app. Models are never loaded here: they load lazily, after fork."""
+    from . import config as config_module
+    from .web import health
+
+    settings = config_module.load_settings(**(config or {}))
+    app = Flask(__name__, instance_path=str(Path(settings.instance_path).resolve()),
+                template_folder=_asset_folder("templates"), static_folder=_asset_folder("static"))
+    app.config["RAGSERVER"] = settings
+    app.extensions["ragserver.embedder"] = embedder
+    app.extensions["ragserver.llm"] = llm
+    app.register_blueprint(health.bp)
+    return app

