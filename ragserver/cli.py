@@ -34,7 +34,13 @@ def _open(settings, *, must_exist: bool):
             "(or point --db / RAGSERVER_DB at an existing one).")
     try:
         conn = connect(path)
-        init_schema(conn)
+        if must_exist and store.get_schema_version(conn) is None:
+            conn.close()
+            raise click.ClickException(f"{path} is not a ragserver database")
+        if not must_exist:
+            init_schema(conn)
+    except click.ClickException:
+        raise
     except ExtensionError as error:
         raise click.ClickException(str(error)) from None
     except Exception as error:  # sqlite3/pysqlite3 errors: not a database, read-only, ...

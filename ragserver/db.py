@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
+import sys
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -93,8 +95,22 @@ def _sqlite_module():
     return dbapi2
 
 
+def _load_torch_first() -> None:
+    """Import torch (if installed) before sqlite-vss enters the process.
+
+    SQLite loads extensions with RTLD_GLOBAL, so vss0's reference BLAS and LAPACK
+    become global symbols; if that happens before torch is imported, torch's own
+    matrix kernels are interposed and embedding runs tens of times slower
+    (bench/load_order.py: 128 real passages in 90 s instead of 1.6 s). Importing
+    torch first keeps its kernels.
+    """
+    if "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
+        import torch  # noqa: F401
+
+
 def connect(path: str | Path, *, readonly: bool = False):
     """Open the database with sqlite-vss loaded, WAL on, autocommit mode."""
+    _load_torch_first()
     import sqlite_vss
 
     module = _sqlite_module()

@@ -115,6 +115,14 @@ def set_meta(conn, key: str, value: str) -> None:
                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
 
+def get_schema_version(conn) -> int | None:
+    """The schema version, or None when this is not (yet) a ragserver database."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+        return None
+    value = get_meta(conn, "schema_version")
+    return None if value is None else int(value)
+
+
 def get_model_info(conn) -> ModelInfo | None:
     """The embedding model recorded in the database, or None for a new database."""
     name = get_meta(conn, "embedding_model")

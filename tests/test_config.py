@@ -1,0 +1,35 @@
+"""Settings: E5 detection and prefixes, environment parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragserver.config import is_e5_model, load_settings
+
+
+@pytest.mark.parametrize("name,e5", [
+    ("intfloat/e5-small-v2", True),
+    ("intfloat/multilingual-e5-base", True),
+    ("/models/e5-large-v2/", True),
+    ("sentence-transformers/all-MiniLM-L6-v2", False),
+    ("BAAI/bge-small-en-v1.5", False),
+    ("some/model-e55", False),
+])
+def test_e5_family_detection(name, e5):
+    assert is_e5_model(name) is e5
+
+
+def test_prefix_defaults_and_overrides():
+    env = {"RAGSERVER_EMBEDDING_MODEL": "intfloat/e5-small-v2"}
+    assert load_settings(env).prefixes == ("query: ", "passage: ")
+    env["RAGSERVER_QUERY_PREFIX"] = ""  # an empty value turns the prefix off
+    assert load_settings(env).prefixes == ("", "passage: ")
+    assert load_settings({}).prefixes == ("", "")
+    assert load_settings({"RAGSERVER_PASSAGE_PREFIX": "doc: "}).prefixes == ("", "doc: ")
+
+
+def test_db_path_and_bad_numbers(tmp_path):
+    assert load_settings({"RAGSERVER_INSTANCE_PATH": str(tmp_path)}).db_path == tmp_path / "ragserver.db"
+    assert load_settings({"RAGSERVER_DB": "/x/y.db"}, db="/z.db").db_path.as_posix() == "/z.db"
+    with pytest.raises(ValueError, match="RAGSERVER_COMMIT_ROWS must be a whole number"):
+        load_settings({"RAGSERVER_COMMIT_ROWS": "lots"})
