@@ -33,7 +33,8 @@ from .sources import Document, Skipped, Source
 
 log = logging.getLogger("ragserver.ingest")
 
-EMBED_CHUNK = 256  # passages embedded per model call batch before writing
+EMBED_CHUNK = 256  # passages gathered (across posts) before embedding and writing them
+EMBED_STEP = 64  # passages per call to the model, so progress shows while embedding
 
 
 class IngestLocked(RuntimeError):
@@ -163,6 +164,7 @@ class Ingester:
                 seen.add(item.source)
                 seen_this_run.add(item.source)
                 self._add(item, source.origin)
+                self.on_event("read", item.source)
             self.flush()
             should_prune = source.prunable if prune is None else prune
             if should_prune and source.listed:
@@ -174,7 +176,7 @@ class Ingester:
     def _skip(self, item: Skipped) -> None:
         self.summary.skipped.append(item)
         log.warning("skipped %s: %s", item.name, item.reason)
-        self.on_event("skipped", item.name)
+        self.on_event("read", item.name)
 
     def _add(self, doc: Document, origin: str) -> None:
         info = self.embedder.info
@@ -184,7 +186,6 @@ class Ingester:
             self.summary.unchanged += 1
             if existing.origin != origin:
                 self.pending_origin_moves.append((doc.source, origin))
-            self.on_event("unchanged", doc.source)
             return
         passages = build_passages(list(doc.blocks), doc.title, self.embedder.count_tokens,
                                   self.embedder.max_tokens, self.prefix_tokens)
@@ -219,7 +220,11 @@ class Ingester:
         if not self.pending and not self.pending_origin_moves:
             return
         texts = [t for p in self.pending for t in p.embed_texts]
-        vectors = self.embedder.embed_passages(texts) if texts else np.zeros((0, 0), np.float32)
+        parts = []
+        for start in range(0, len(texts), EMBED_STEP):
+            parts.append(self.embedder.embed_passages(texts[start:start + EMBED_STEP]))
+            self.on_event("embedded", str(len(parts[-1])))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         offset = 0
         batch: list[tuple[_Pending, np.ndarray]] = []
         rows = 0

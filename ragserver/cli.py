@@ -130,16 +130,21 @@ class _Progress:
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
+        self.embedded = 0
         self.bar = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(unit=" posts", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(desc="ingest", unit=" posts", file=sys.stderr, dynamic_ncols=True)
 
     def event(self, kind: str, name: str) -> None:
+        """kind: read (a post or skipped input), embedded (N passages), added/updated/deleted."""
         if self.bar is not None:
-            self.bar.update(0 if kind == "deleted" else 1)
-            self.bar.set_postfix_str(f"{kind} {name}"[-50:], refresh=False)
+            if kind == "read":
+                self.bar.update(1)
+            elif kind == "embedded":
+                self.embedded += int(name)
+                self.bar.set_postfix_str(f"{self.embedded} passages embedded")
         elif not self.quiet and kind in ("added", "updated", "deleted"):
             click.echo(f"{kind} {name}", err=True)
 
