@@ -16,14 +16,19 @@ def _asset_folder(name: str) -> str:
 
 def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     """Build the web app. Models are never loaded here: they load lazily, after fork."""
+    from htmx_flask import Htmx
+
     from . import config as config_module
-    from .web import health
+    from .web import chat, health
+    from .web.services import Services
 
     settings = config_module.load_settings(**(config or {}))
     app = Flask(__name__, instance_path=str(Path(settings.instance_path).resolve()),
                 template_folder=_asset_folder("templates"), static_folder=_asset_folder("static"))
     app.config["RAGSERVER"] = settings
-    app.extensions["ragserver.embedder"] = embedder
-    app.extensions["ragserver.llm"] = llm
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    Htmx(app)
+    app.extensions["ragserver"] = Services(settings, embedder=embedder, llm=llm)
     app.register_blueprint(health.bp)
+    app.register_blueprint(chat.bp)
     return app

@@ -296,5 +296,66 @@ def reindex(db, quiet):
         conn.close()
 
 
+@cli.command()
+@click.argument("question")
+@db_option
+@click.option("-n", "number", type=click.IntRange(1, 50), default=None,
+              help="Passages to retrieve (default: RAGSERVER_RETRIEVE_K).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per event: sources, token, done or error.")
+def ask(question, db, number, as_json):
+    """Answer QUESTION from the blog's posts, offline, streaming the answer as it is written;
+    then list the numbered sources."""
+    from .answer import answer
+    from .llm import Gate, LLMError, load_chat_model
+
+    if not question.strip():
+        raise click.ClickException("the question is empty")
+    settings = _settings(db)
+    conn = _open(settings, must_exist=True)
+    try:
+        if store.count_index_rows(conn) == 0:
+            raise click.ClickException(_empty_message(conn, settings))
+        embedder = _embedder(settings)
+        try:
+            model = load_chat_model(settings)
+            model.count_tokens("load")  # load now: a missing or broken model fails before retrieval
+        except LLMError as error:
+            raise click.ClickException(str(error)) from None
+        sources, failed = [], None
+        for event in answer(question, [], conn=conn, embedder=embedder, model=model, gate=Gate(),
+                            k=number or settings.retrieve_k, min_score=settings.min_score,
+                            max_answer_tokens=settings.max_answer_tokens):
+            if as_json:
+                data = {"text": event.data} if event.kind == "token" else event.data
+                click.echo(json.dumps({"event": event.kind, "data": data}, ensure_ascii=False))
+            elif event.kind == "token":
+                click.echo(event.data, nl=False)
+            if event.kind == "sources":
+                sources = event.data
+            elif event.kind == "error":
+                failed = event.data["message"]
+    finally:
+        conn.close()
+    if failed:
+        raise click.ClickException(failed)
+    if not as_json:
+        click.echo("\n")
+        for s in sources:
+            click.echo(f"[{s['n']}] {s['title']} — {s['link'] or s['source']}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--debug", is_flag=True, help="Reload on code changes; show tracebacks.")
+def serve(host, port, debug):
+    """Run the web app with Flask's development server (use the Procfile's gunicorn in
+    production)."""
+    from . import create_app
+
+    create_app().run(host=host, port=port, debug=debug, threaded=True)
+
+
 def main():  # pragma: no cover - console-script shim
     cli()

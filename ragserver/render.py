@@ -1,0 +1,42 @@
+"""Markdown from posts and from the model, rendered inert: no raw HTML, safe links only."""
+
+from __future__ import annotations
+
+import re
+
+from markdown_it import MarkdownIt
+from markupsafe import Markup, escape
+
+_SAFE_LINK = re.compile(r"^(https?://|/|#|\./|\.\./|[^:/?#]+(/|$|\?|#))", re.IGNORECASE)
+
+
+def _validate_link(url: str) -> bool:
+    """Only http(s) and relative links; javascript:, data:, vbscript:, file: ... are refused."""
+    url = url.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*:", url, re.IGNORECASE):
+        return url.lower().startswith(("http://", "https://"))
+    return bool(_SAFE_LINK.match(url)) or url == ""
+
+
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+_md.validateLink = _validate_link
+
+
+def render_markdown(text: str) -> Markup:
+    """HTML for Markdown text with raw HTML escaped and unsafe links left as plain text."""
+    return Markup(_md.render(text or ""))
+
+
+def highlight_citations(html: Markup, count: int, turn: str) -> Markup:
+    """Turn [n] citations (n within the sources) into links to the numbered source."""
+    def link(match: re.Match) -> str:
+        n = int(match.group(1))
+        if 1 <= n <= count:
+            return f'<a class="cite" href="#{escape(turn)}-src-{n}">[{n}]</a>'
+        return match.group(0)
+
+    # Only outside tags: citations sit in text nodes, and [n] never appears inside markup
+    # that markdown-it generates (attribute values are escaped, brackets stay literal).
+    parts = re.split(r"(<[^>]+>)", str(html))
+    return Markup("".join(p if p.startswith("<") else re.sub(r"\[(\d{1,3})\]", link, p)
+                          for p in parts))

@@ -1,0 +1,207 @@
+"""The chat page and the JSON/SSE ask API: thin views over answer.answer()."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
+                   url_for)
+
+from .. import store
+from ..answer import answer, cited_numbers
+from ..render import highlight_citations, render_markdown
+from .services import Turn, services
+
+bp = Blueprint("chat", __name__)
+
+MAX_QUESTION_CHARS = 2000
+
+
+class BadQuestion(ValueError):
+    """The question is empty, too long or not text."""
+
+
+def check_question(value) -> str:
+    """A usable question, or BadQuestion with a message for the user."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadQuestion("Please type a question.")
+    if len(value) > MAX_QUESTION_CHARS:
+        raise BadQuestion(f"Questions are limited to {MAX_QUESTION_CHARS:,} characters "
+                          f"(this one has {len(value):,}).")
+    return value.strip()
+
+
+def sse(event: str, data: str) -> str:
+    """One server-sent event; multi-line data becomes several data: lines."""
+    lines = data.split("\n")
+    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+def _events(question: str, history: list[dict], stop=None):
+    """answer() with the app's models, connection and settings."""
+    svc = services()
+    settings = svc.settings
+    if not settings.db_path.exists():
+        from ..answer import Event
+
+        yield Event("error", {"message": "No posts have been ingested yet: run "
+                                         "`ragserver ingest SOURCE...` first."})
+        return
+    try:
+        conn = svc.connection()
+        embedder = svc.embedder()
+        model = svc.llm()
+    except Exception as error:  # a missing model or database: tell the user, not a traceback
+        from ..answer import Event
+
+        yield Event("error", {"message": str(error)})
+        return
+    yield from answer(question, history, conn=conn, embedder=embedder, model=model,
+                      gate=svc.gate, k=settings.retrieve_k, min_score=settings.min_score,
+                      max_answer_tokens=settings.max_answer_tokens,
+                      queue_timeout=settings.queue_timeout,
+                      should_stop=stop.is_set if stop else (lambda: False))
+
+
+# -- the page ---------------------------------------------------------------
+
+@bp.get("/")
+def index():
+    """The chat page; ?c= continues a conversation."""
+    cid = request.args.get("c") or secrets.token_urlsafe(9)
+    turns = services().conversations.turns(cid)
+    return render_template("chat/index.html", cid=cid, turns=turns,
+                           render=_render_turn_answer)
+
+
+def _render_turn_answer(turn: Turn):
+    return highlight_citations(render_markdown(turn.answer), len(turn.sources), turn.id)
+
+
+@bp.post("/chat")
+def ask_form():
+    """A question from the form: with htmx, a turn that streams; without, the whole answer."""
+    cid = request.form.get("c") or secrets.token_urlsafe(9)
+    try:
+        question = check_question(request.form.get("question"))
+    except BadQuestion as error:
+        if request.htmx:
+            return render_template("chat/_error.html", message=str(error)), 400
+        return render_template("chat/index.html", cid=cid, error=str(error),
+                               turns=services().conversations.turns(cid),
+                               render=_render_turn_answer), 400
+    svc = services()
+    turn = svc.conversations.add(cid, question)
+    if request.htmx:
+        return render_template("chat/_turn.html", turn=turn, streaming=True,
+                               render=_render_turn_answer)
+    # Without JavaScript: answer in full, then show the conversation.
+    for _ in _run_turn(cid, turn):
+        pass
+    return redirect(url_for("chat.index", c=cid, _anchor=f"turn-{turn.id}"), code=303)
+
+
+def _run_turn(cid: str, turn: Turn):
+    """Run a turn's answer, keeping the turn up to date; yields the events."""
+    history = services().conversations.history(cid, turn)
+    try:
+        for event in _events(turn.question, history, turn.stop):
+            if event.kind == "sources":
+                turn.sources = event.data
+            elif event.kind == "token":
+                turn.answer += event.data
+            elif event.kind == "error":
+                turn.state, turn.error = "error", event.data["message"]
+            elif event.kind == "done":
+                turn.state = "stopped" if event.data["stopped"] else "done"
+            yield event
+    finally:
+        if turn.state == "pending":  # the client went away mid-answer
+            turn.state = "stopped"
+
+
+@bp.get("/chat/stream/<turn_id>")
+def stream_turn(turn_id: str):
+    """Server-sent events that fill in one turn: status, tokens, answer, sources, end."""
+    found = services().conversations.find(turn_id)
+    if found is None:
+        abort(404)
+    cid, turn = found
+    if turn.state != "pending":
+        # A reconnect after the answer finished: send the result and close again.
+        def finished():
+            yield sse("answer", str(_render_turn_answer(turn)))
+            yield sse("sources", render_template("chat/_sources.html", turn=turn))
+            yield sse("end", "")
+        return Response(finished(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    app_render = render_template  # captured: the generator runs after the view returns
+
+    def generate():
+        for event in _run_turn(cid, turn):
+            if event.kind == "queued":
+                yield sse("status", f"Waiting for the model: {event.data['position']} "
+                                    "question(s) ahead…")
+            elif event.kind == "sources":
+                yield sse("status", "Answering…")
+            elif event.kind == "token":
+                yield sse("token", str(_escape(event.data)))
+            elif event.kind == "error":
+                yield sse("status", str(app_render("chat/_error.html",
+                                                   message=event.data["message"])))
+            elif event.kind == "done":
+                yield sse("status", "Stopped." if event.data["stopped"] else "")
+        yield sse("answer", str(_render_turn_answer(turn)))
+        yield sse("sources", app_render("chat/_sources.html", turn=turn))
+        yield sse("end", "")
+
+    from flask import stream_with_context
+
+    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _escape(text: str):
+    from markupsafe import escape
+
+    return escape(text)
+
+
+@bp.post("/chat/stop/<turn_id>")
+def stop_turn(turn_id: str):
+    """Stop a turn's generation (the Stop button)."""
+    found = services().conversations.find(turn_id)
+    if found is None:
+        abort(404)
+    found[1].stop.set()
+    return "", 204
+
+
+# -- JSON API ---------------------------------------------------------------
+
+@bp.post("/api/ask")
+def api_ask():
+    """{"question": ..., "history": [{"role": ..., "content": ...}]} -> text/event-stream."""
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        return jsonify(error="send a JSON object: {\"question\": ..., \"history\": [...]}"), 400
+    try:
+        question = check_question(payload.get("question"))
+    except BadQuestion as error:
+        return jsonify(error=str(error)), 400
+    history = payload.get("history") or []
+    if not isinstance(history, list):
+        return jsonify(error="history must be a list of {role, content} objects"), 400
+
+    def generate():
+        for event in _events(question, history):
+            data = {"text": event.data} if event.kind == "token" else event.data
+            if event.kind == "sources":
+                data = {"sources": event.data}
+            yield sse(event.kind, json.dumps(data, ensure_ascii=False))
+
+    from flask import stream_with_context
+
+    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

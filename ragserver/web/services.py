@@ -1,0 +1,113 @@
+"""What the views share: lazily loaded models, the model gate, per-thread readers, chats.
+
+Everything loads on first use, inside the worker process (after gunicorn forks).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from ..config import Settings
+from ..db import Reader
+from ..llm import Gate, load_chat_model
+
+
+@dataclass
+class Turn:
+    id: str
+    question: str
+    answer: str = ""
+    sources: list = field(default_factory=list)
+    state: str = "pending"  # pending, done, stopped, error
+    error: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class Conversations:
+    """Recent conversations in memory (one process serves the app), oldest evicted first."""
+
+    def __init__(self, limit: int = 1000):
+        self.limit = limit
+        self._items: OrderedDict[str, list[Turn]] = OrderedDict()
+        self._turns: dict[str, tuple[str, Turn]] = {}
+        self._lock = threading.Lock()
+
+    def turns(self, cid: str) -> list[Turn]:
+        """The turns of a conversation ([] for an unknown id)."""
+        with self._lock:
+            return list(self._items.get(cid, []))
+
+    def add(self, cid: str, question: str) -> Turn:
+        """Start a new turn in the conversation (created if needed)."""
+        turn = Turn(id=secrets.token_urlsafe(12), question=question)
+        with self._lock:
+            self._items.setdefault(cid, []).append(turn)
+            self._items.move_to_end(cid)
+            self._turns[turn.id] = (cid, turn)
+            while len(self._items) > self.limit:
+                _, dropped = self._items.popitem(last=False)
+                for old in dropped:
+                    self._turns.pop(old.id, None)
+        return turn
+
+    def find(self, turn_id: str) -> tuple[str, Turn] | None:
+        """(conversation id, turn) for a turn id."""
+        with self._lock:
+            return self._turns.get(turn_id)
+
+    def history(self, cid: str, before: Turn) -> list[dict]:
+        """Earlier finished turns as chat messages, for follow-up questions."""
+        messages = []
+        for turn in self.turns(cid):
+            if turn is before:
+                break
+            if turn.answer and turn.state in ("done", "stopped"):
+                messages += [{"role": "user", "content": turn.question},
+                             {"role": "assistant", "content": turn.answer}]
+        return messages
+
+
+class Services:
+    """Models, gate, readers and conversations for one app."""
+
+    def __init__(self, settings: Settings, embedder=None, llm=None):
+        self.settings = settings
+        self._embedder = embedder
+        self._llm = llm
+        self._load_lock = threading.Lock()
+        self._local = threading.local()
+        self.gate = Gate()
+        self.conversations = Conversations()
+
+    def embedder(self):
+        """The embedding model, loaded on first use."""
+        with self._load_lock:
+            if self._embedder is None:
+                from ..embedder import load_embedder
+
+                self._embedder = load_embedder(self.settings)
+            return self._embedder
+
+    def llm(self):
+        """The answering model, created on first use (its weights load on first question)."""
+        with self._load_lock:
+            if self._llm is None:
+                self._llm = load_chat_model(self.settings)
+            return self._llm
+
+    def connection(self):
+        """This thread's read connection, reopened when the vector index changed."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = Reader(self.settings.db_path)
+        return reader.connection()
+
+
+def services() -> Services:
+    """The Services of the current app."""
+    return current_app.extensions["ragserver"]
