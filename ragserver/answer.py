@@ -82,8 +82,7 @@ def build_messages(question: str, history: list[dict], sources: list[Source], mo
                    max_answer_tokens: int) -> tuple[list[dict], list[Source]]:
     """Prompt that fits the model's window: lowest-ranked passages go first, then old turns.
 
-    Passages are never cut: one that does not fit is left out whole, and the ones kept
-    are renumbered 1..n in rank order.
+    Passages are never cut: the best-ranked ones that fit are kept whole, in rank order.
     """
     budget = model.context_size - max_answer_tokens - SAFETY_TOKENS
     budget -= model.count_tokens(SYSTEM_PROMPT)
@@ -92,9 +91,10 @@ def build_messages(question: str, history: list[dict], sources: list[Source], mo
     for source in sources:
         numbered = replace(source, n=len(kept) + 1)
         cost = model.count_tokens(_source_block(numbered) + "\n\n")
-        if cost <= budget:
-            kept.append(numbered)
-            budget -= cost
+        if cost > budget:
+            break  # this passage and every lower-ranked one stay out
+        kept.append(numbered)
+        budget -= cost
     turns: list[dict] = []
     for turn in reversed(history[-HISTORY_TURNS:]):
         cost = model.count_tokens(turn["content"]) + 4

