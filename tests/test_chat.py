@@ -1,0 +1,177 @@
+"""The chat page, its SSE stream and /api/ask, with the real models and a real database."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import threading
+import time
+
+import pytest
+from werkzeug.serving import make_server
+
+from ragserver import create_app
+from ragserver.render import render_markdown
+
+WAL_QUESTION = "How do I enable WAL mode for a SQLite database?"
+
+
+@pytest.fixture
+def app(seeded_db, embedder, chat_model):
+    return create_app({"db": str(seeded_db), "max_answer_tokens": 40},
+                      embedder=embedder, llm=chat_model)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def parse_sse(body: str) -> list[tuple[str, str]]:
+    """(event, data) pairs of a text/event-stream body."""
+    events = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        name = "message"
+        data = []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        events.append((name, "\n".join(data)))
+    return events
+
+
+def test_api_ask_streams_sources_tokens_done(client):
+    response = client.post("/api/ask", json={"question": WAL_QUESTION, "history": []})
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    events = parse_sse(response.get_data(as_text=True))
+    kinds = [name for name, _ in events]
+    assert kinds[0] == "sources" and kinds[-1] == "done"
+    assert set(kinds[1:-1]) == {"token"}
+    sources = json.loads(events[0][1])["sources"]
+    assert {"source", "title", "url", "anchor", "text", "score"} <= set(sources[0])
+    done = json.loads(events[-1][1])
+    assert {"retrieval_ms", "ttft_ms", "tokens_per_s"} <= set(done)
+
+
+@pytest.mark.parametrize("body,kwargs,message", [
+    (None, {"data": "question=hi"}, "JSON object"),
+    ({"question": ""}, {}, "type a question"),
+    ({"question": "   \n "}, {}, "type a question"),
+    ({"question": "x" * 2001}, {}, "limited to 2,000 characters"),
+    ({"question": 42}, {}, "type a question"),
+    ({"question": "ok?", "history": "not a list"}, {}, "history must be a list"),
+])
+def test_api_ask_rejects_bad_requests(client, body, kwargs, message):
+    response = client.post("/api/ask", json=body, **kwargs) if body is not None else \
+        client.post("/api/ask", **kwargs)
+    assert response.status_code == 400 and message in response.json["error"]
+
+
+def test_chat_page_and_htmx_turn_stream(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'hx-post="/chat"' in html and "htmx-2.0.11.min.js" in html and "New conversation" in html
+    cid = re.search(r'name="c" value="([^"]+)"', html).group(1)
+    turn = client.post("/chat", data={"question": WAL_QUESTION, "c": cid},
+                       headers={"HX-Request": "true"})
+    assert turn.status_code == 200
+    fragment = turn.get_data(as_text=True)
+    assert "<html" not in fragment and WAL_QUESTION in fragment
+    stream_url = re.search(r'sse-connect="([^"]+)"', fragment).group(1)
+    events = parse_sse(client.get(stream_url).get_data(as_text=True))
+    kinds = [name for name, _ in events]
+    assert kinds[0] == "status" and events[0][1] == "Answering…"
+    assert "token" in kinds and kinds[-3:] == ["answer", "sources", "end"]
+    assert kinds.index("token") < kinds.index("answer")
+    sources_html = events[-2][1]
+    assert 'href="https://til.example/sqlite/enabling-wal-mode#' in sources_html
+    # Reloading the page shows the finished turn, rendered, with its sources.
+    again = client.get(f"/?c={cid}").get_data(as_text=True)
+    assert WAL_QUESTION in again and 'class="sources"' in again and "sse-connect" not in again
+
+
+def test_chat_works_without_javascript(client):
+    response = client.post("/chat", data={"question": WAL_QUESTION, "c": "plain"})
+    assert response.status_code == 303
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert WAL_QUESTION in page and 'class="sources"' in page
+
+
+def test_chat_rejects_empty_question_with_a_message(client):
+    response = client.post("/chat", data={"question": "  "}, headers={"HX-Request": "true"})
+    assert response.status_code == 400 and "Please type a question." in response.get_data(as_text=True)
+
+
+def test_follow_up_in_a_conversation_uses_its_history(client):
+    client.post("/chat", data={"question": "What is uv?", "c": "conv"})
+    client.post("/chat", data={"question": "and how do I install it?", "c": "conv"})
+    page = client.get("/?c=conv").get_data(as_text=True)
+    second_turn = page.split('class="turn"')[2]
+    assert "uv/" in second_turn  # the follow-up's sources come from the uv posts
+
+
+def test_model_output_and_post_text_are_rendered_inert(app):
+    hostile = ('Hi <script>alert(1)</script> [click](javascript:alert(2)) '
+               '[data](data:text/html;base64,PHNjcmlwdD4=) <img src=x onerror=alert(3)> '
+               '[ok](https://til.example/a) [rel](/b)')
+    html = str(render_markdown(hostile))
+    tags = re.findall(r"<[^>]+>", html)
+    assert not any(t.startswith(("<script", "<img")) for t in tags)
+    assert not any(bad in t for t in tags for bad in ("onerror", "javascript:", "data:"))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text, not run
+    assert 'href="https://til.example/a"' in html and 'href="/b"' in html
+    # Source snippets are escaped by the template.
+    from ragserver.web.services import Turn
+
+    with app.test_request_context():
+        from flask import render_template
+
+        turn = Turn(id="t", question="<b>q</b>", sources=[{
+            "n": 1, "title": "<script>alert(4)</script>", "text": "<img src=x onerror=alert(5)>",
+            "link": "javascript:alert(6)", "source": "x.md"}])
+        rendered = render_template("chat/_turn.html", turn=turn, streaming=False,
+                                   render=lambda t: render_markdown(t.answer))
+    assert "<script>" not in rendered and "<img" not in rendered and "<b>q</b>" not in rendered
+
+
+def _serve(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+def test_client_disconnect_frees_the_model(app):
+    server = _serve(app)
+    gate = app.extensions["ragserver"].gate
+    try:
+        body = json.dumps({"question": WAL_QUESTION}).encode()
+        sock = socket.create_connection(("127.0.0.1", server.server_port), timeout=120)
+        sock.sendall(b"POST /api/ask HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        reader = sock.makefile("rb")
+        tokens = 0
+        while tokens < 3:
+            tokens += reader.readline().startswith(b"event: token")
+        assert gate.busy
+        reader.close()
+        sock.close()  # the reader goes away mid-answer
+        deadline = time.time() + 5
+        while gate.busy and time.time() < deadline:
+            time.sleep(0.05)
+        assert not gate.busy, "the model stayed busy after the client left"
+        second = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=120)
+        second.request("POST", "/api/ask", body=json.dumps({"question": WAL_QUESTION}),
+                       headers={"Content-Type": "application/json"})
+        events = parse_sse(second.getresponse().read().decode())
+        assert events[-1][0] == "done"
+    finally:
+        server.shutdown()
