@@ -19,6 +19,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     from htmx_flask import Htmx
 
     from . import config as config_module
+    from . import render
     from .web import chat, health
     from .web.services import Services
 
@@ -28,6 +29,8 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     app.config["RAGSERVER"] = settings
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     Htmx(app)
+    app.jinja_env.filters["snippet"] = render.snippet
+    app.jinja_env.filters["safe_url"] = render.safe_url
     app.extensions["ragserver"] = Services(settings, embedder=embedder, llm=llm)
     app.register_blueprint(health.bp)
     app.register_blueprint(chat.bp)

@@ -40,3 +40,15 @@ def highlight_citations(html: Markup, count: int, turn: str) -> Markup:
     parts = re.split(r"(<[^>]+>)", str(html))
     return Markup("".join(p if p.startswith("<") else re.sub(r"\[(\d{1,3})\]", link, p)
                           for p in parts))
+
+
+def snippet(text: str, length: int = 240) -> str:
+    """A passage as one line of plain text: code fences dropped, whitespace collapsed."""
+    lines = [line for line in (text or "").split("\n") if not line.lstrip().startswith("```")]
+    flat = " ".join(" ".join(lines).split())
+    return flat if len(flat) <= length else flat[:length].rsplit(" ", 1)[0] + "…"
+
+
+def safe_url(url: str) -> str:
+    """The URL if it is http(s) or relative, else '' (javascript:, data: ... never reach a page)."""
+    return url if url and _validate_link(url) else ""

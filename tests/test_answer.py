@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from ragserver.answer import NO_ANSWER, answer, build_messages, cited_numbers, retrieval_query
+from ragserver.answer import (NO_ANSWER, answer, build_messages, cited_numbers, retrieval_query,
+                              retrieve_for)
 from ragserver.llm import Gate
 from ragserver.retrieve import search_passages
 
@@ -96,6 +97,15 @@ def test_follow_up_question_uses_previous_turns(seeded_conn, embedder):
     together = search_passages(seeded_conn, embedder, retrieval_query(follow_up, history), 3)
     assert not any(h.source.startswith("uv/") for h in alone)
     assert all(h.source.startswith("uv/") for h in together)
+    assert retrieve_for(seeded_conn, embedder, follow_up, history, 3) == together
+
+
+def test_new_topic_in_a_conversation_is_searched_on_its_own(seeded_conn, embedder):
+    history = [{"role": "user", "content": WAL_QUESTION},
+               {"role": "assistant", "content": "Run PRAGMA journal_mode=wal [1]."}]
+    hits = retrieve_for(seeded_conn, embedder, "What is a recursive CTE in SQLite?", history, 3)
+    assert hits[0].source == "sqlite/simple-recursive-cte.md"
+    assert hits == search_passages(seeded_conn, embedder, "What is a recursive CTE in SQLite?", 3)
 
 
 def test_stop_ends_generation_and_frees_the_model(seeded_conn, embedder, chat_model):

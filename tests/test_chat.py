@@ -139,6 +139,7 @@ def test_model_output_and_post_text_are_rendered_inert(app):
         rendered = render_template("chat/_turn.html", turn=turn, streaming=False,
                                    render=lambda t: render_markdown(t.answer))
     assert "<script>" not in rendered and "<img" not in rendered and "<b>q</b>" not in rendered
+    assert "javascript:" not in rendered
 
 
 def _serve(app):

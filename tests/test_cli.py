@@ -167,3 +167,43 @@ def test_killed_ingest_then_rerun_equals_clean_run(tmp_path):
     assert [row[:5] for row in killed_passages] == [row[:5] for row in clean_passages]
     for a, b in zip(killed_passages, clean_passages):
         assert np.allclose(np.frombuffer(a[5], "<f4"), np.frombuffer(b[5], "<f4"), atol=1e-4)
+
+
+QUICK = {"RAGSERVER_MAX_ANSWER_TOKENS": "40"}
+
+
+def test_ask_streams_an_answer_then_numbered_sources(seeded_db):
+    result = ragserver("ask", "How do I enable WAL mode for a SQLite database?", "--db", seeded_db,
+                       env=QUICK, check=True)
+    answer_text, _, sources = result.stdout.rpartition("\n\n")
+    assert answer_text.strip()
+    lines = sources.strip().splitlines()
+    assert lines[0].startswith("[1] Enabling WAL mode for SQLite database files — "
+                               "https://til.example/sqlite/enabling-wal-mode")
+    assert [line.split("]")[0] for line in lines] == [f"[{n}" for n in range(1, len(lines) + 1)]
+
+
+def test_ask_json_events(seeded_db):
+    result = ragserver("ask", "How do I run a script with uv?", "--db", seeded_db, "--json", "-n", "3",
+                       env=QUICK, check=True)
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "sources" and kinds[-1] == "done" and "token" in kinds
+    assert len(events[0]["data"]) <= 3
+
+
+def test_ask_fails_clearly_without_posts_or_model(tmp_path, seeded_db):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    ragserver("ingest", empty, "--db", tmp_path / "e.db", check=True)
+    no_posts = ragserver("ask", "anything?", "--db", tmp_path / "e.db")
+    assert no_posts.returncode == 1 and "No posts" in no_posts.stderr
+    no_model = ragserver("ask", "How do I enable WAL mode?", "--db", seeded_db,
+                         env={"RAGSERVER_LLM_MODEL": str(tmp_path / "missing.gguf")})
+    assert no_model.returncode == 1 and "missing.gguf, which is not a file" in no_model.stderr
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 100)
+    bad_model = ragserver("ask", "How do I enable WAL mode?", "--db", seeded_db,
+                          env={"RAGSERVER_LLM_MODEL": str(broken)})
+    assert bad_model.returncode == 1 and "cannot load" in bad_model.stderr
+    assert "Traceback" not in no_posts.stderr + no_model.stderr + bad_model.stderr
