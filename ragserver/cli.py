@@ -342,7 +342,8 @@ def ask(question, db, number, as_json):
     if not as_json:
         click.echo("\n")
         for s in sources:
-            click.echo(f"[{s['n']}] {s['title']} — {s['link'] or s['source']}")
+            label = " › ".join([s["title"], *s["headings"]])
+            click.echo(f"[{s['n']}] {label} — {s['link'] or s['source']}")
 
 
 @cli.command()

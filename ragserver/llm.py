@@ -65,6 +65,11 @@ class LocalChatModel:
         self._llama = None
         self._load_lock = threading.Lock()
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory yet."""
+        return self._llama is not None
+
     def _model(self):
         with self._load_lock:
             if self._llama is None:
@@ -87,7 +92,8 @@ class LocalChatModel:
     def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
         """Answer text piece by piece; closing the iterator stops generation."""
         chunks = self._model().create_chat_completion(
-            messages=messages, max_tokens=max_tokens, temperature=0.2, stream=True)
+            messages=messages, max_tokens=max_tokens, temperature=0.2, repeat_penalty=1.2,
+            stream=True)
         try:
             for chunk in chunks:
                 piece = chunk["choices"][0]["delta"].get("content")

@@ -46,3 +46,15 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"^(\./run \w+)", first_screen, re.M)
     assert commands == ["./run demo", "./run test"]
     assert "./run test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_healthz_reports_the_answer_model(tmp_path, posts_dir):
+    ragserver("ingest", posts_dir, "--db", tmp_path / "m.db", "--quiet", check=True)
+    ok = create_app({"db": str(tmp_path / "m.db")}).test_client().get("/healthz")
+    assert ok.status_code == 200
+    assert ok.json["llm"]["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert ok.json["llm"]["busy"] is False and ok.json["llm"]["waiting"] == 0
+    missing = create_app({"db": str(tmp_path / "m.db"), "llm_model": str(tmp_path / "no.gguf")})
+    response = missing.test_client().get("/healthz")
+    assert response.status_code == 503 and response.json["status"] == "answer model missing"
+    assert "no.gguf" in response.json["llm"]["error"]

@@ -6,6 +6,8 @@ from flask import Blueprint, current_app, jsonify
 
 from .. import store
 from ..db import connect
+from ..llm import LLMError, resolve_gguf
+from .services import services
 
 bp = Blueprint("health", __name__)
 
@@ -28,10 +30,25 @@ def healthz():
     except Exception as error:  # corrupt or unreadable file: report, never a traceback
         return jsonify(status="database error", database=str(path), error=str(error)), 503
     index_ok = stats.index_rows == stats.vectors and state == "ok"
+    llm, llm_ok = _llm_status(settings)
     model = stats.model
+    status = ("ok" if index_ok and llm_ok else
+              "index incomplete: run `ragserver reindex`" if not index_ok else "answer model missing")
     return jsonify(
-        status="ok" if index_ok else "index incomplete: run `ragserver reindex`",
-        database=str(path), posts=stats.posts, passages=stats.passages,
+        status=status, database=str(path), posts=stats.posts, passages=stats.passages,
         vectors=stats.vectors, index_rows=stats.index_rows,
-        embedding_model=model.name if model else None,
-    ), (200 if index_ok else 503)
+        embedding_model=model.name if model else None, llm=llm,
+    ), (200 if status == "ok" else 503)
+
+
+def _llm_status(settings) -> tuple[dict, bool]:
+    """Which answer model, whether it is loaded, busy, and how many wait for it."""
+    svc = services()
+    status = {"busy": svc.gate.busy, "waiting": svc.gate.waiting}
+    if settings.llm_url:
+        return {**status, "backend": "remote", "url": settings.llm_url}, True
+    try:
+        path = resolve_gguf(settings.llm_model)
+    except LLMError as error:
+        return {**status, "backend": "local", "error": str(error)}, False
+    return {**status, "backend": "local", "model": path.name, "loaded": svc.llm_loaded()}, True

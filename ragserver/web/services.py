@@ -100,6 +100,10 @@ class Services:
                 self._llm = load_chat_model(self.settings)
             return self._llm
 
+    def llm_loaded(self) -> bool:
+        """Whether the answering model's weights are in memory yet."""
+        return bool(getattr(self._llm, "loaded", False))
+
     def connection(self):
         """This thread's read connection, reopened when the vector index changed."""
         reader = getattr(self._local, "reader", None)
