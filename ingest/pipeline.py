@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ragserver import store
+from ragserver.db import transaction
 from ragserver.embedder import Embedder
 
 from .chunking import CHUNKER_VERSION, Passage, build_passages, embedding_text
@@ -114,14 +115,9 @@ def passage_hash(text_to_embed: str, model: store.ModelInfo) -> str:
 def prepare_model(conn, embedder: Embedder) -> None:
     """Record the model on a new database; refuse one built with another model."""
     if store.get_model_info(conn) is None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             if store.get_model_info(conn) is None:
                 store.set_model_info(conn, embedder.info)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     store.check_model(conn, embedder.info)
 
 
@@ -242,20 +238,14 @@ class Ingester:
         self.pending_rows = 0
 
     def _write(self, batch: list[tuple[_Pending, np.ndarray]]) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn):
             index_changed = False
             for source, origin in self.pending_origin_moves:
-                conn.execute("UPDATE posts SET origin = ? WHERE source = ?", (origin, source))
+                store.move_post(self.conn, source, origin)
             for pending, vectors in batch:
                 index_changed |= self._write_post(pending, vectors)
             if index_changed:
-                store.bump_generation(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+                store.bump_generation(self.conn)
         self.pending_origin_moves = []
         for pending, vectors in batch:
             self.summary.embedded += len(vectors)
@@ -288,25 +278,16 @@ class Ingester:
 
     def _prune(self, origin: str, seen: set[str]) -> None:
         gone = sorted(store.sources_for_origin(self.conn, origin) - seen)
-        rows = 0
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for source in gone:
-                post = store.get_post(self.conn, source)
-                rows += store.delete_post(self.conn, self.collection, post.id)
-                self.summary.deleted += 1
-                self.on_event("deleted", source)
-                if rows >= self.commit_rows:
-                    store.bump_generation(self.conn)
-                    self.conn.execute("COMMIT")
-                    self.conn.execute("BEGIN IMMEDIATE")
-                    rows = 0
-            if gone:
+        while gone:
+            rows = 0
+            with transaction(self.conn):
+                while gone and rows < self.commit_rows:
+                    source = gone.pop(0)
+                    rows += store.delete_post(self.conn, self.collection,
+                                              store.get_post(self.conn, source).id)
+                    self.summary.deleted += 1
+                    self.on_event("deleted", source)
                 store.bump_generation(self.conn)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
 
 def rebuild_index(conn, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None) -> int:
@@ -314,32 +295,21 @@ def rebuild_index(conn, commit_rows: int = 1000, on_batch: Callable[[int], None]
     info = store.get_model_info(conn)
     if info is None:
         return 0
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         store.drop_index(conn)
         store.create_index(conn, info.dimension)
         store.set_meta(conn, "index_state", "rebuilding")
         store.bump_generation(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     total = 0
     for rows in store.iter_vectors(conn, batch=commit_rows):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             store.insert_index_rows(conn, rows)
             store.bump_generation(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         total += len(rows)
         if on_batch:
             on_batch(total)
-    conn.execute("BEGIN IMMEDIATE")
-    store.set_meta(conn, "index_state", "ok")
-    conn.execute("COMMIT")
+    with transaction(conn):
+        store.set_meta(conn, "index_state", "ok")
     return total
 
 
@@ -353,34 +323,23 @@ def reembed_all(conn, embedder: Embedder, commit_rows: int = 1000,
     """
     info = embedder.info
     model_key = json.dumps(dataclasses.asdict(info), sort_keys=True)
-    conn.execute("BEGIN IMMEDIATE")
-    store.start_reembed(conn, model_key)
-    conn.execute("COMMIT")
+    with transaction(conn):
+        store.start_reembed(conn, model_key)
     done = 0
     while rows := store.passages_missing_reembed(conn, limit=EMBED_CHUNK):
         texts = [embedding_text(title, path, text) for _, title, path, text in rows]
         vectors = embedder.embed_passages(texts)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             store.save_reembed(conn, model_key, [(row[0], passage_hash(t, info), v)
                                                  for row, t, v in zip(rows, texts, vectors)])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         done += len(rows)
         if on_batch:
             on_batch(done)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         store.apply_reembed(conn)
         store.drop_index(conn)
         # Posts hash the model name: the next ingest re-chunks for the new model's
         # window, reusing every vector whose passage comes out the same.
         store.set_model_info(conn, info)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     rebuild_index(conn, commit_rows)
     return done

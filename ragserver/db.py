@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sqlite3
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -139,10 +140,21 @@ def connect(path: str | Path, *, readonly: bool = False):
     return conn
 
 
-def init_schema(conn) -> None:
-    """Create the tables if missing and record the schema version."""
+@contextmanager
+def transaction(conn):
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if anything (even a KeyboardInterrupt) escapes."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def init_schema(conn) -> None:
+    """Create the tables if missing and record the schema version."""
+    with transaction(conn):
         # executescript() would commit on its own; run the statements in our transaction.
         for statement in SCHEMA.split(";"):
             if statement.strip():
@@ -159,10 +171,6 @@ def init_schema(conn) -> None:
             "INSERT OR IGNORE INTO _sqlite_migrations(migration_set, name, applied_at) "
             "VALUES ('llm.embeddings', ?, datetime('now'))",
             [(name,) for name in LLM_MIGRATIONS])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 class Reader:

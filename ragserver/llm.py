@@ -150,6 +150,8 @@ class RemoteChatModel:
                     raise LLMError(f"unexpected reply from the model server: {data[:200]}") from error
                 if piece:
                     yield piece
+        # OpenAI-style streams end with [DONE]; without it the server died mid-answer.
+        raise LLMError("the model server stopped before finishing the answer")
 
 
 class Gate:

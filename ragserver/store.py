@@ -208,6 +208,11 @@ def save_post(conn, *, source: str, origin: str, title: str, url: str, date: str
     return conn.execute("SELECT id FROM posts WHERE source = ?", (source,)).fetchone()[0]
 
 
+def move_post(conn, source: str, origin: str) -> None:
+    """Record that an unchanged post is now read from another origin (a moved folder)."""
+    conn.execute("UPDATE posts SET origin = ? WHERE source = ?", (origin, source))
+
+
 def passages_for_post(conn, post_id: int) -> list[StoredPassage]:
     """A post's passages in reading order."""
     rows = conn.execute(

@@ -178,8 +178,8 @@ def test_ask_streams_an_answer_then_numbered_sources(seeded_db):
     answer_text, _, sources = result.stdout.rpartition("\n\n")
     assert answer_text.strip()
     lines = sources.strip().splitlines()
-    assert lines[0].startswith("[1] Enabling WAL mode for SQLite database files — "
-                               "https://til.example/sqlite/enabling-wal-mode")
+    assert lines[0].startswith("[1] Enabling WAL mode for SQLite database files")
+    assert " — https://til.example/sqlite/enabling-wal-mode" in lines[0]
     assert [line.split("]")[0] for line in lines] == [f"[{n}" for n in range(1, len(lines) + 1)]
 
 

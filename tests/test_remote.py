@@ -22,11 +22,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    """python -m llama_cpp.server with the same SmolLM2 file, on 127.0.0.1."""
+def start_llama_server(log_path):
+    """python -m llama_cpp.server with the same SmolLM2 file, on 127.0.0.1; (process, url)."""
     port = _free_port()
-    log = (tmp_path_factory.mktemp("llama") / "server.log").open("w+")
+    log = open(log_path, "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_gguf()),
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--verbose", "false"],
@@ -36,17 +35,21 @@ def llama_server(tmp_path_factory):
     while True:
         try:
             urllib.request.urlopen(f"{url}/v1/models", timeout=2).read()
-            break
+            return proc, url
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
                 log.seek(0)
                 pytest.fail(f"llama_cpp.server did not start: {log.read()[-2000:]}")
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    proc, url = start_llama_server(tmp_path_factory.mktemp("llama") / "server.log")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
-    log.close()
 
 
 def test_remote_model_streams_an_answer(llama_server, seeded_conn, embedder):
@@ -74,3 +77,26 @@ def test_unreachable_remote_is_a_clear_error(seeded_conn, embedder):
     assert events[-1].kind == "error" and "cannot reach the model server" in events[-1].data["message"]
     with pytest.raises(LLMError):
         list(model.stream([{"role": "user", "content": "hi"}], 5))
+
+
+def test_server_dying_mid_answer_is_a_visible_error(tmp_path, seeded_db, embedder):
+    proc, url = start_llama_server(tmp_path / "server.log")
+    try:
+        app = create_app({"db": str(seeded_db), "llm_url": url, "max_answer_tokens": 300},
+                         embedder=embedder)
+        client = app.test_client()
+        turn = client.post("/chat", data={"question": "How do I enable WAL mode for a SQLite "
+                                          "database?", "c": "crash"}, headers={"HX-Request": "true"})
+        stream_url = turn.get_data(as_text=True).split('sse-connect="')[1].split('"')[0]
+        response = client.get(stream_url, buffered=False)
+        chunks = iter(response.response)
+        seen = ""
+        while seen.count("event: token") < 3:
+            seen += next(chunks).decode()
+        proc.kill()  # the model server dies mid-answer
+        seen += "".join(chunk.decode() for chunk in chunks)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert 'class="error"' in seen and "event: end" in seen
+    assert seen.index('class="error"') > seen.index("event: token")
