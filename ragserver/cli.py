@@ -227,14 +227,13 @@ def stats(db, as_json):
     conn = _open(settings, must_exist=True)
     try:
         s = store.get_stats(conn)
-        state = store.get_meta(conn, "index_state", "ok")
     finally:
         conn.close()
     model = s.model
     figures = {
         "database": str(settings.db_path), "posts": s.posts, "passages": s.passages,
         "vectors": s.vectors, "index_rows": s.index_rows, "index_bytes": s.index_bytes,
-        "database_bytes": s.db_bytes, "index_generation": s.generation, "index_state": state,
+        "database_bytes": s.db_bytes, "index_generation": s.generation, "index_state": s.index_state,
         "model": model.name if model else None, "dimension": model.dimension if model else None,
         "query_prefix": model.query_prefix if model else None,
         "passage_prefix": model.passage_prefix if model else None,
@@ -251,7 +250,7 @@ def stats(db, as_json):
         if key.endswith("bytes"):
             shown = f"{value:,} ({value / 1e6:.1f} MB)"
         click.echo(f"{key.replace('_', ' '):<{width}}  {shown}")
-    if s.index_rows != s.vectors or state != "ok":
+    if s.index_rows != s.vectors or s.index_state != "ok":
         click.echo(f"warning: the index holds {s.index_rows} rows for {s.vectors} vectors: "
                    "run `ragserver reindex`.", err=True)
 

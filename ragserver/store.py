@@ -89,6 +89,7 @@ class Stats:
     db_bytes: int
     model: ModelInfo | None
     generation: int
+    index_state: str  # ok, or rebuilding while `ragserver reindex` runs (or was killed)
 
 
 def vector_to_blob(vector) -> bytes:
@@ -374,6 +375,7 @@ def get_stats(conn) -> Stats:
         db_bytes=page_size * page_count,
         model=get_model_info(conn),
         generation=get_generation(conn),
+        index_state=get_meta(conn, "index_state", "ok"),
     )
 
 

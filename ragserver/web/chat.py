@@ -6,7 +6,8 @@ import json
 import secrets
 
 from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
-                   url_for)
+                   stream_with_context, url_for)
+from markupsafe import escape
 
 from ..answer import Event, answer
 from ..render import highlight_citations, render_markdown
@@ -35,6 +36,12 @@ def sse(event: str, data: str) -> str:
     """One server-sent event; multi-line data becomes several data: lines."""
     lines = data.split("\n")
     return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+def event_stream(events) -> Response:
+    """A text/event-stream response that proxies must not buffer or cache."""
+    return Response(stream_with_context(events), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _events(question: str, history: list[dict], stop=None):
@@ -129,10 +136,7 @@ def stream_turn(turn_id: str):
             yield sse("answer", str(_render_turn_answer(turn)))
             yield sse("sources", render_template("chat/_sources.html", turn=turn))
             yield sse("end", "")
-        return Response(finished(), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-    app_render = render_template  # captured: the generator runs after the view returns
-
+        return event_stream(finished())
     def generate():
         for event in _run_turn(cid, turn):
             if event.kind == "queued":
@@ -141,26 +145,17 @@ def stream_turn(turn_id: str):
             elif event.kind == "sources":
                 yield sse("status", "Answering…")
             elif event.kind == "token":
-                yield sse("token", str(_escape(event.data)))
+                yield sse("token", str(escape(event.data)))
             elif event.kind == "error":
-                yield sse("status", str(app_render("chat/_error.html",
+                yield sse("status", str(render_template("chat/_error.html",
                                                    message=event.data["message"])))
             elif event.kind == "done":
                 yield sse("status", "Stopped." if event.data["stopped"] else "")
         yield sse("answer", str(_render_turn_answer(turn)))
-        yield sse("sources", app_render("chat/_sources.html", turn=turn))
+        yield sse("sources", render_template("chat/_sources.html", turn=turn))
         yield sse("end", "")
 
-    from flask import stream_with_context
-
-    return Response(stream_with_context(generate()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-def _escape(text: str):
-    from markupsafe import escape
-
-    return escape(text)
+    return event_stream(generate())
 
 
 @bp.post("/chat/stop/<turn_id>")
@@ -196,7 +191,4 @@ def api_ask():
                 data = {"sources": event.data}
             yield sse(event.kind, json.dumps(data, ensure_ascii=False))
 
-    from flask import stream_with_context
-
-    return Response(stream_with_context(generate()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return event_stream(generate())

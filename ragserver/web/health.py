@@ -24,12 +24,11 @@ def healthz():
         conn = connect(path, readonly=True)
         try:
             stats = store.get_stats(conn)
-            state = store.get_meta(conn, "index_state", "ok")
         finally:
             conn.close()
     except Exception as error:  # corrupt or unreadable file: report, never a traceback
         return jsonify(status="database error", database=str(path), error=str(error)), 503
-    index_ok = stats.index_rows == stats.vectors and state == "ok"
+    index_ok = stats.index_rows == stats.vectors and stats.index_state == "ok"
     llm, llm_ok = _llm_status(settings)
     model = stats.model
     status = ("ok" if index_ok and llm_ok else
