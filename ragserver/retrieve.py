@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import store
 from .embedder import Embedder
+
+MODES = ("hybrid", "vector", "keyword")
+RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.)
+CANDIDATES = 50  # passages taken from each ranking before fusion
 
 
 def search_passages(conn, embedder: Embedder, query: str, k: int = 10) -> list[store.Hit]:
@@ -12,3 +18,29 @@ def search_passages(conn, embedder: Embedder, query: str, k: int = 10) -> list[s
     if store.count_index_rows(conn) == 0:
         return []
     return store.search_index(conn, embedder.embed_query(query), k)
+
+
+def fuse(rankings: list[list[store.Hit]], weights: list[float], k: int) -> list[store.Hit]:
+    """Weighted reciprocal rank fusion; a hit's score becomes its fused score."""
+    scores: dict[int, float] = {}
+    first: dict[int, store.Hit] = {}
+    for hits, weight in zip(rankings, weights):
+        for rank, hit in enumerate(hits, 1):
+            scores[hit.passage_id] = scores.get(hit.passage_id, 0.0) + weight / (RRF_K + rank)
+            first.setdefault(hit.passage_id, hit)
+    best = sorted(scores, key=scores.get, reverse=True)[:k]
+    return [replace(first[pid], score=scores[pid]) for pid in best]
+
+
+def search(conn, embedder: Embedder, query: str, k: int = 10, mode: str = "hybrid",
+           vector_weight: float = 1.0, keyword_weight: float = 1.0) -> list[store.Hit]:
+    """Passages for a query by vector similarity, FTS5 keywords, or both fused."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "vector":
+        return search_passages(conn, embedder, query, k)
+    if mode == "keyword":
+        return store.search_keyword(conn, query, k)
+    vector = search_passages(conn, embedder, query, CANDIDATES)
+    keyword = store.search_keyword(conn, query, CANDIDATES)
+    return fuse([vector, keyword], [vector_weight, keyword_weight], k)

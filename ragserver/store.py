@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -414,3 +415,33 @@ def apply_reembed(conn) -> None:
     conn.execute("UPDATE passages SET content_hash = (SELECT r.content_hash FROM reembed r "
                  "WHERE r.passage_id = passages.id)")
     conn.execute("DROP TABLE reembed")
+
+
+# -- keyword search ---------------------------------------------------------
+
+def fts_query(text: str) -> str:
+    """A safe FTS5 query from free text: every word quoted, any of them may match."""
+    words = re.findall(r"\w+", text.lower())
+    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+
+
+def search_keyword(conn, text: str, k: int) -> list[Hit]:
+    """Passages ranked by FTS5 BM25 (title and headings weigh double), best first."""
+    query = fts_query(text)
+    if not query or k <= 0:
+        return []
+    rows = conn.execute(
+        "SELECT rowid, bm25(passages_fts, 2.0, 2.0, 1.0) AS rank FROM passages_fts "
+        "WHERE passages_fts MATCH ? ORDER BY rank LIMIT ?", (query, int(k))).fetchall()
+    if not rows:
+        return []
+    ranks = {rowid: rank for rowid, rank in rows}
+    marks = ",".join("?" * len(ranks))
+    details = conn.execute(
+        "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text "
+        f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
+        list(ranks)).fetchall()
+    # bm25() is lower-is-better and unbounded; report its negation as the score.
+    hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], -float(ranks[r[0]]))
+            for r in details]
+    return sorted(hits, key=lambda h: h.score, reverse=True)
