@@ -20,7 +20,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
 
     from . import config as config_module
     from . import render
-    from .web import chat, health
+    from .web import chat, health, search
     from .web.services import Services
 
     settings = config_module.load_settings(**(config or {}))
@@ -34,4 +34,5 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     app.extensions["ragserver"] = Services(settings, embedder=embedder, llm=llm)
     app.register_blueprint(health.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(search.bp)
     return app

@@ -76,6 +76,10 @@ class Settings:
         "RAGSERVER_QUEUE_TIMEOUT", 120,
         "Seconds a question waits for the busy model before giving up.")
 
+    allowed_origins: str = _setting(
+        "RAGSERVER_ALLOWED_ORIGINS", "",
+        "Comma-separated origins (https://blog.example) whose pages may call /api/search.")
+
     @property
     def db_path(self) -> Path:
         """The database file this configuration points at."""

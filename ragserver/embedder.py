@@ -106,3 +106,31 @@ def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
     query_prefix, passage_prefix = settings.prefixes
     return SentenceTransformerEmbedder(settings.embedding_model, query_prefix, passage_prefix,
                                        batch_size=settings.embed_batch_size)
+
+
+class CachedQueries:
+    """An embedder whose query vectors are remembered (repeated searches embed nothing)."""
+
+    def __init__(self, embedder, size: int = 512):
+        from functools import lru_cache
+
+        self._embedder = embedder
+        self.info = embedder.info
+        self.max_tokens = embedder.max_tokens
+        self._cached = lru_cache(maxsize=size)(lambda text: embedder.embed_query(text))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """As the wrapped embedder."""
+        return self._embedder.count_tokens(texts)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        """As the wrapped embedder (passages are not cached)."""
+        return self._embedder.embed_passages(texts)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """The query's vector, computed once per distinct text."""
+        return self._cached(text)
+
+    def cache_info(self):
+        """Hits and misses, for tests and benchmarks."""
+        return self._cached.cache_info()

@@ -52,3 +52,35 @@ def snippet(text: str, length: int = 240) -> str:
 def safe_url(url: str) -> str:
     """The URL if it is http(s) or relative, else '' (javascript:, data: ... never reach a page)."""
     return url if url and _validate_link(url) else ""
+
+
+def query_terms(query: str) -> list[str]:
+    """Words of a query worth highlighting (two letters or more), lower-cased, unique."""
+    return list(dict.fromkeys(w for w in re.findall(r"\w+", query.lower()) if len(w) > 1))
+
+
+def highlight(text: str, query: str, length: int = 240) -> Markup:
+    """A plain-text window of the passage around the first query term, terms in <mark>.
+
+    The text is escaped first; only <mark> tags are added, so post content stays inert.
+    """
+    flat = snippet(text, 10_000)
+    terms = query_terms(query)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, terms)) + r")\w*", re.IGNORECASE) \
+        if terms else None
+    first = pattern.search(flat) if pattern else None
+    start = max(0, first.start() - length // 3) if first else 0
+    window = flat[start:start + length]
+    if start > 0:
+        window = "…" + window.split(" ", 1)[-1]
+    if start + length < len(flat):
+        window = window.rsplit(" ", 1)[0] + "…"
+    if pattern is None:
+        return Markup(escape(window))
+    pieces, last = [], 0
+    for match in pattern.finditer(window):
+        pieces.append(escape(window[last:match.start()]))
+        pieces.append(Markup("<mark>") + escape(match.group(0)) + Markup("</mark>"))
+        last = match.end()
+    pieces.append(escape(window[last:]))
+    return Markup("").join(pieces)

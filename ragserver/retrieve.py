@@ -44,3 +44,12 @@ def search(conn, embedder: Embedder, query: str, k: int = 10, mode: str = "hybri
     vector = search_passages(conn, embedder, query, CANDIDATES)
     keyword = store.search_keyword(conn, query, CANDIDATES)
     return fuse([vector, keyword], [vector_weight, keyword_weight], k)
+
+
+def search_posts(conn, embedder: Embedder, query: str, n: int = 10, mode: str = "hybrid",
+                 offset: int = 0) -> list[store.Hit]:
+    """The best passage of each matching post, best post first (n posts after offset)."""
+    best: dict[str, store.Hit] = {}
+    for hit in search(conn, embedder, query, CANDIDATES * 2, mode=mode):
+        best.setdefault(hit.source, hit)
+    return list(best.values())[offset:offset + n]

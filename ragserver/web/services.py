@@ -14,6 +14,7 @@ from flask import current_app
 
 from ..config import Settings
 from ..db import Reader
+from ..embedder import CachedQueries
 from ..llm import Gate, load_chat_model
 
 
@@ -91,6 +92,8 @@ class Services:
                 from ..embedder import load_embedder
 
                 self._embedder = load_embedder(self.settings)
+            if not isinstance(self._embedder, CachedQueries):
+                self._embedder = CachedQueries(self._embedder)
             return self._embedder
 
     def llm(self):
