@@ -22,12 +22,12 @@ class BadQuestion(ValueError):
     """The question is empty, too long or not text."""
 
 
-def check_question(value) -> str:
-    """A usable question, or BadQuestion with a message for the user."""
+def check_question(value, noun: str = "question") -> str:
+    """A usable question (or search), or BadQuestion with a message for the user."""
     if not isinstance(value, str) or not value.strip():
-        raise BadQuestion("Please type a question.")
+        raise BadQuestion(f"Please type a {noun}.")
     if len(value) > MAX_QUESTION_CHARS:
-        raise BadQuestion(f"Questions are limited to {MAX_QUESTION_CHARS:,} characters "
+        raise BadQuestion(f"A {noun} is limited to {MAX_QUESTION_CHARS:,} characters "
                           f"(this one has {len(value):,}).")
     return value.strip()
 

@@ -42,9 +42,9 @@ def api_search():
         return "", 204
     started = time.perf_counter()
     try:
-        query = check_question(request.args.get("q"))
+        query = check_question(request.args.get("q"), noun="search")
     except BadQuestion as error:
-        return jsonify(error=str(error).replace("type a question", "type a search")), 400
+        return jsonify(error=str(error)), 400
     mode = request.args.get("mode", "hybrid")
     if mode not in MODES:
         return jsonify(error=f"mode must be one of {', '.join(MODES)}"), 400
