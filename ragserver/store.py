@@ -345,17 +345,21 @@ def search_index(conn, vector, k: int) -> list[Hit]:
         f"SELECT v.rowid, v.distance FROM {VSS_TABLE} v "
         f"WHERE vss_search(v.embedding, vss_search_params(?, ?))",
         (vector_to_blob(vector), int(k))).fetchall()
-    distances = {rowid: distance for rowid, distance in rows}
-    if not distances:
+    # Vectors are unit length, so squared L2 distance d relates to cosine as 1 - d/2.
+    return _hits(conn, {rowid: 1.0 - float(distance) / 2.0 for rowid, distance in rows})
+
+
+def _hits(conn, scores: dict[int, float]) -> list[Hit]:
+    """Hits for passage ids with their scores, best first."""
+    if not scores:
         return []
-    marks = ",".join("?" * len(distances))
+    marks = ",".join("?" * len(scores))
     details = conn.execute(
         "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text "
         f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
-        list(distances)).fetchall()
-    # Vectors are unit length, so squared L2 distance d relates to cosine as 1 - d/2.
-    hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6],
-                1.0 - float(distances[r[0]]) / 2.0) for r in details]
+        list(scores)).fetchall()
+    hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], scores[r[0]])
+            for r in details]
     return sorted(hits, key=lambda h: h.score, reverse=True)
 
 
@@ -433,15 +437,5 @@ def search_keyword(conn, text: str, k: int) -> list[Hit]:
     rows = conn.execute(
         "SELECT rowid, bm25(passages_fts, 2.0, 2.0, 1.0) AS rank FROM passages_fts "
         "WHERE passages_fts MATCH ? ORDER BY rank LIMIT ?", (query, int(k))).fetchall()
-    if not rows:
-        return []
-    ranks = {rowid: rank for rowid, rank in rows}
-    marks = ",".join("?" * len(ranks))
-    details = conn.execute(
-        "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text "
-        f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
-        list(ranks)).fetchall()
     # bm25() is lower-is-better and unbounded; report its negation as the score.
-    hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], -float(ranks[r[0]]))
-            for r in details]
-    return sorted(hits, key=lambda h: h.score, reverse=True)
+    return _hits(conn, {rowid: -float(rank) for rowid, rank in rows})
