@@ -93,8 +93,7 @@ def retrieve_for(conn, embedder: Embedder, question: str, history: list[dict], k
 
 
 def _source_block(source: Source) -> str:
-    where = " > ".join(x for x in [source.title] if x)
-    return f'<source id="{source.n}" title="{where}">\n{source.text}\n</source>'
+    return f'<source id="{source.n}" title="{source.title}">\n{source.text}\n</source>'
 
 
 def build_messages(question: str, history: list[dict], sources: list[Source], model: ChatModel,

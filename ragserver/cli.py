@@ -106,7 +106,7 @@ def ingest(sources, db, base_url, prune, quiet):
         with ingest_lock(settings.db_path):
             embedder = _embedder(settings)
             conn = _open(settings, must_exist=False)
-            bar = _progress(quiet)
+            bar = _Progress(quiet)
             try:
                 ingester = Ingester(conn, embedder, commit_rows=settings.commit_rows,
                                     on_event=bar.event)
@@ -151,10 +151,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _progress(quiet: bool) -> _Progress:
-    return _Progress(quiet)
 
 
 def _configure_logging() -> None:
@@ -355,7 +351,3 @@ def serve(host, port, debug):
     from . import create_app
 
     create_app().run(host=host, port=port, debug=debug, threaded=True)
-
-
-def main():  # pragma: no cover - console-script shim
-    cli()
