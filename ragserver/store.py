@@ -78,6 +78,7 @@ class Hit:
     heading_path: tuple[str, ...]
     text: str
     score: float
+    date: str | None = None
 
 
 @dataclass(frozen=True)
@@ -355,10 +356,11 @@ def _hits(conn, scores: dict[int, float]) -> list[Hit]:
         return []
     marks = ",".join("?" * len(scores))
     details = conn.execute(
-        "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text "
+        "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text, o.date "
         f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
         list(scores)).fetchall()
-    hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], scores[r[0]])
+    hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], scores[r[0]],
+                r[7])
             for r in details]
     return sorted(hits, key=lambda h: h.score, reverse=True)
 

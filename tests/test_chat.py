@@ -176,3 +176,10 @@ def test_client_disconnect_frees_the_model(app):
         assert events[-1][0] == "done"
     finally:
         server.shutdown()
+
+
+def test_chat_page_fills_in_a_question_from_q(client):
+    """The widget's "Ask" action opens /?q=...: the question is waiting in the form, escaped."""
+    page = client.get("/?q=How+do+I+use+%3Cb%3EWAL%3C/b%3E%3F").get_data(as_text=True)
+    assert "autofocus>How do I use &lt;b&gt;WAL&lt;/b&gt;?</textarea>" in page
+    assert "autofocus" not in client.get("/").get_data(as_text=True)

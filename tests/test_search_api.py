@@ -25,7 +25,7 @@ def test_results_are_one_per_post_with_highlighted_snippets(client, mode):
     assert sources[0] == "sqlite/enabling-wal-mode.md"
     assert len(sources) == len(set(sources)) <= 5
     first = body["results"][0]
-    assert {"source", "title", "url", "anchor", "snippet", "score"} <= set(first)
+    assert {"source", "title", "url", "anchor", "date", "snippet", "score"} <= set(first)
     if mode != "vector":  # a vector hit need not contain the words themselves
         assert "<mark>" in first["snippet"]
 

@@ -70,10 +70,11 @@ def _events(question: str, history: list[dict], stop=None):
 
 @bp.get("/")
 def index():
-    """The chat page; ?c= continues a conversation."""
+    """The chat page; ?c= continues a conversation, ?q= fills in a question to ask."""
     cid = request.args.get("c") or secrets.token_urlsafe(9)
     turns = services().conversations.turns(cid)
-    return render_template("chat/index.html", cid=cid, turns=turns,
+    draft = (request.args.get("q") or "")[:MAX_QUESTION_CHARS]
+    return render_template("chat/index.html", cid=cid, turns=turns, draft=draft,
                            render=_render_turn_answer)
 
 

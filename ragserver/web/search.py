@@ -59,7 +59,7 @@ def api_search():
         return jsonify(error="no posts have been ingested yet"), 503
     hits = search_posts(svc.connection(), svc.embedder(), query, n, mode=mode)
     results = [{"source": h.source, "title": h.title, "url": h.url, "anchor": h.anchor,
-                "snippet": str(highlight(h.text, query)), "score": round(h.score, 4)}
+                "date": h.date, "snippet": str(highlight(h.text, query)), "score": round(h.score, 4)}
                for h in hits]
     return jsonify(query=query, mode=mode, results=results,
                    took_ms=round((time.perf_counter() - started) * 1000, 1))
