@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ragserver import store
+from ragserver import related, store
 from ragserver.db import transaction
 from ragserver.embedder import Embedder
 
@@ -76,6 +76,7 @@ class Summary:
     deleted: int = 0
     embedded: int = 0
     reused: int = 0
+    related: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -83,7 +84,8 @@ class Summary:
         """The one-line summary every run ends with."""
         return (f"posts: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
                 f"{self.deleted} deleted, {len(self.skipped)} skipped; "
-                f"passages embedded: {self.embedded}; {self.seconds:.1f}s")
+                f"passages embedded: {self.embedded}; related lists updated: {self.related}; "
+                f"{self.seconds:.1f}s")
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Ingester:
             if should_prune and source.listed:
                 self._prune(source.origin, seen)
         self.flush()
+        self.summary.related = related.refresh(self.conn)
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
@@ -341,5 +344,7 @@ def reembed_all(conn, embedder: Embedder, commit_rows: int = 1000,
         # Posts hash the model name: the next ingest re-chunks for the new model's
         # window, reusing every vector whose passage comes out the same.
         store.set_model_info(conn, info)
+        store.forget_post_vectors(conn)
     rebuild_index(conn, commit_rows)
+    related.refresh(conn)
     return done

@@ -191,7 +191,7 @@ def search(query, db, number, as_json):
     finally:
         conn.close()
     for rank, hit in enumerate(hits, 1):
-        link = f"{hit.url}#{hit.anchor}" if hit.url and hit.anchor else hit.url
+        link = hit.link
         if as_json:
             click.echo(json.dumps({"rank": rank, "source": hit.source, "title": hit.title,
                                    "url": hit.url, "anchor": hit.anchor, "link": link,
@@ -203,6 +203,38 @@ def search(query, db, number, as_json):
             click.echo(f"   {link or hit.source}")
             snippet = " ".join(hit.text.split())
             click.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}\n")
+
+
+@cli.command(name="related")
+@click.argument("source")
+@db_option
+@click.option("-n", "number", type=click.IntRange(1, 10), default=10, show_default=True,
+              help="How many related posts to list.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def related_command(source, db, number, as_json):
+    """List the posts most similar to SOURCE (a post's source id, or its URL)."""
+    from .related import NotFound, related_posts
+
+    settings = _settings(db)
+    conn = _open(settings, must_exist=True)
+    try:
+        is_url = source.startswith(("http://", "https://"))
+        post, similar = related_posts(conn, source=None if is_url else source,
+                                      url=source if is_url else None, n=number)
+    except NotFound as error:
+        raise click.ClickException(f"{error} in {settings.db_path}") from None
+    finally:
+        conn.close()
+    if not similar and not as_json:
+        click.echo(f"No related posts for {post.source} yet: `ragserver ingest` computes them "
+                   "at the end of each run.", err=True)
+    for rank, item in enumerate(similar, 1):
+        if as_json:
+            click.echo(json.dumps({"rank": rank, "source": item.source, "title": item.title,
+                                   "url": item.url, "date": item.date,
+                                   "score": round(item.score, 4)}, ensure_ascii=False))
+        else:
+            click.echo(f"{rank}. [{item.score:.3f}] {item.title}\n   {item.url or item.source}")
 
 
 def _empty_message(conn, settings) -> str:

@@ -59,6 +59,20 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (collection_id, id)
 );
 CREATE INDEX IF NOT EXISTS idx_embeddings_content_hash ON embeddings(content_hash);
+-- Related posts: one vector per post (the normalised mean of its passages'
+-- vectors, stamped with the post's content hash) and each post's nearest posts.
+CREATE TABLE IF NOT EXISTS post_vectors (
+    post_id INTEGER PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    embedding BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS related_posts (
+    post_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    related_id INTEGER NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (post_id, rank)
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
     title, headings, text, tokenize = 'porter unicode61'
 );

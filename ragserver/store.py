@@ -80,6 +80,20 @@ class Hit:
     score: float
     date: str | None = None
 
+    @property
+    def link(self) -> str:
+        """The post URL with the passage's #anchor ('' when the post has no URL)."""
+        return f"{self.url}#{self.anchor}" if self.url and self.anchor else self.url
+
+
+@dataclass(frozen=True)
+class RelatedPost:
+    source: str
+    title: str
+    url: str
+    date: str | None
+    score: float
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -384,6 +398,100 @@ def get_stats(conn) -> Stats:
         generation=get_generation(conn),
         index_state=get_meta(conn, "index_state", "ok"),
     )
+
+
+# -- related posts ----------------------------------------------------------
+
+def stale_post_vectors(conn) -> tuple[list[int], list[int]]:
+    """(posts whose post vector is missing or older than the post, post vectors of deleted posts)."""
+    changed = [r[0] for r in conn.execute(
+        "SELECT o.id FROM posts o LEFT JOIN post_vectors v ON v.post_id = o.id "
+        "WHERE v.content_hash IS NOT o.content_hash ORDER BY o.id")]
+    gone = [r[0] for r in conn.execute(
+        "SELECT post_id FROM post_vectors WHERE post_id NOT IN (SELECT id FROM posts)")]
+    return changed, gone
+
+
+def passage_vectors_of_posts(conn, post_ids: list[int]):
+    """Yield (post id, content hash, matrix of its passage vectors) for each post that has any."""
+    cid = collection_id(conn)
+    for start in range(0, len(post_ids), 500):
+        chunk = post_ids[start:start + 500]
+        rows = conn.execute(
+            "SELECT o.id, o.content_hash, e.embedding FROM posts o "
+            "JOIN passages p ON p.post_id = o.id "
+            "JOIN embeddings e ON e.collection_id = ? AND e.id = CAST(p.id AS TEXT) "
+            f"WHERE o.id IN ({','.join('?' * len(chunk))}) ORDER BY o.id, p.position",
+            [cid, *chunk]).fetchall()
+        by_post: dict[int, tuple[str, list]] = {}
+        for post_id, digest, blob in rows:
+            by_post.setdefault(post_id, (digest, []))[1].append(blob_to_vector(blob))
+        for post_id, (digest, vectors) in by_post.items():
+            yield post_id, digest, np.stack(vectors)
+
+
+def all_post_vectors(conn) -> tuple[np.ndarray, np.ndarray]:
+    """(post ids, matrix of post vectors), in id order."""
+    rows = conn.execute("SELECT post_id, embedding FROM post_vectors ORDER BY post_id").fetchall()
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return (np.array([r[0] for r in rows], np.int64),
+            np.stack([blob_to_vector(r[1]) for r in rows]))
+
+
+def related_lists(conn) -> dict[int, list[tuple[int, float]]]:
+    """Every post's stored related posts: post id -> [(related id, score)] best first."""
+    lists: dict[int, list[tuple[int, float]]] = {}
+    for post_id, related_id, score in conn.execute(
+            "SELECT post_id, related_id, score FROM related_posts ORDER BY post_id, rank"):
+        lists.setdefault(post_id, []).append((related_id, score))
+    return lists
+
+
+def save_post_vectors(conn, rows, gone: list[int]) -> None:
+    """Store (post id, content hash, vector) rows; forget the vectors of deleted posts."""
+    conn.executemany("DELETE FROM post_vectors WHERE post_id = ?", [(i,) for i in gone])
+    conn.executemany(
+        "INSERT INTO post_vectors(post_id, content_hash, embedding) VALUES (?, ?, ?) "
+        "ON CONFLICT(post_id) DO UPDATE SET content_hash = excluded.content_hash, "
+        "embedding = excluded.embedding",
+        [(pid, digest, vector_to_blob(v)) for pid, digest, v in rows])
+
+
+def save_related(conn, lists: dict[int, list[tuple[int, float]]], gone: list[int]) -> None:
+    """Replace the related posts of the posts in `lists`; drop those of deleted posts."""
+    conn.executemany("DELETE FROM related_posts WHERE post_id = ?",
+                     [(i,) for i in [*lists, *gone]])
+    conn.executemany(
+        "INSERT INTO related_posts(post_id, rank, related_id, score) VALUES (?, ?, ?, ?)",
+        [(pid, rank, rid, score) for pid, ranked in lists.items()
+         for rank, (rid, score) in enumerate(ranked, 1)])
+
+
+def forget_post_vectors(conn) -> None:
+    """Mark every post vector stale (after the passages were re-embedded with another model)."""
+    conn.execute("DELETE FROM post_vectors")
+
+
+def find_post(conn, *, source: str | None = None, url: str | None = None) -> Post | None:
+    """A post by source id, or by its URL (ignoring a trailing slash and any #fragment)."""
+    if source:
+        return get_post(conn, source)
+    if not url:
+        return None
+    bare = url.split("#", 1)[0].rstrip("/")
+    row = conn.execute(f"SELECT {_POST_COLUMNS} FROM posts WHERE url IN (?, ?) ORDER BY id LIMIT 1",
+                       (bare, bare + "/")).fetchone()
+    return None if row is None else _post(row)
+
+
+def related_for(conn, post_id: int, n: int = 10) -> list[RelatedPost]:
+    """A post's most similar posts, best first."""
+    rows = conn.execute(
+        "SELECT o.source, o.title, o.url, o.date, r.score FROM related_posts r "
+        "JOIN posts o ON o.id = r.related_id WHERE r.post_id = ? ORDER BY r.rank LIMIT ?",
+        (post_id, n))
+    return [RelatedPost(*r) for r in rows]
 
 
 # -- re-embedding with another model ----------------------------------------

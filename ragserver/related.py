@@ -1,0 +1,92 @@
+"""Related posts: each post's nearest posts, kept in step with the posts incrementally.
+
+A post's vector is the normalised mean of its passages' vectors. After an ingest,
+`refresh` recomputes the vectors of new and changed posts, then the top-k lists
+of exactly the posts whose list could have changed: the new and changed posts
+themselves, posts whose list names a changed or deleted post, posts with a short
+list, and posts that a changed post is now closer to than their k-th neighbour.
+The result equals a full recomputation (tests/test_related.py checks this).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import store
+from .db import transaction
+
+TOP = 10
+BLOCK = 1024  # posts compared against all others per matrix product
+
+
+def post_vector(passages: np.ndarray) -> np.ndarray:
+    """The normalised mean of a post's passage vectors."""
+    mean = passages.mean(axis=0)
+    norm = np.linalg.norm(mean)
+    return (mean / norm if norm else mean).astype(np.float32)
+
+
+def nearest(ids: np.ndarray, matrix: np.ndarray, rows, k: int = TOP) -> dict[int, list[tuple[int, float]]]:
+    """The k most similar other posts of the posts at `rows`: post id -> [(id, score)]."""
+    take = min(k, len(ids) - 1)
+    rows = np.asarray(sorted(rows), dtype=np.int64)
+    lists: dict[int, list[tuple[int, float]]] = {}
+    for start in range(0, len(rows), BLOCK):
+        block = rows[start:start + BLOCK]
+        sims = matrix[block] @ matrix.T
+        sims[np.arange(len(block)), block] = -np.inf
+        top = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take > 0 else \
+            np.zeros((len(block), 0), np.int64)
+        for i, row in enumerate(block):
+            order = sorted(top[i], key=lambda j: (-sims[i, j], ids[j]))
+            lists[int(ids[row])] = [(int(ids[j]), float(sims[i, j])) for j in order]
+    return lists
+
+
+def _affected(ids, matrix, lists, changed: set[int], gone: set[int], k: int) -> set[int]:
+    """Rows of the posts whose top-k list may differ after these changes."""
+    if len(changed) * 4 >= len(ids):
+        return set(range(len(ids)))  # most posts changed: recompute everything
+    changed_rows = [n for n, pid in enumerate(ids) if int(pid) in changed]
+    closest_changed = (matrix[changed_rows] @ matrix.T).max(axis=0) if changed_rows else \
+        np.full(len(ids), -np.inf)
+    full = min(k, len(ids) - 1)
+    touched = changed | gone
+    rows = set(changed_rows)
+    for n, pid in enumerate(ids):
+        current = lists.get(int(pid), [])
+        if (len(current) < full or any(rid in touched for rid, _ in current)
+                or closest_changed[n] > current[-1][1]):
+            rows.add(n)
+    return rows
+
+
+def refresh(conn, k: int = TOP) -> int:
+    """Bring post vectors and related lists up to date; returns how many lists were rewritten."""
+    changed, gone = store.stale_post_vectors(conn)
+    if not changed and not gone:
+        return 0
+    fresh = [(pid, digest, post_vector(vectors))
+             for pid, digest, vectors in store.passage_vectors_of_posts(conn, changed)]
+    with transaction(conn):
+        # Vectors and lists change together, so a killed run leaves them stale, never skewed.
+        store.save_post_vectors(conn, fresh, gone)
+        ids, matrix = store.all_post_vectors(conn)
+        rows = _affected(ids, matrix, store.related_lists(conn),
+                         {pid for pid, _, _ in fresh}, set(gone), k) if len(ids) else set()
+        lists = nearest(ids, matrix, rows, k) if rows else {}
+        store.save_related(conn, lists, gone)
+    return len(lists)
+
+
+class NotFound(LookupError):
+    """No post with that source id or URL."""
+
+
+def related_posts(conn, *, source: str | None = None, url: str | None = None,
+                  n: int = TOP) -> tuple[store.Post, list[store.RelatedPost]]:
+    """A post (by source id or URL) and its most similar posts, best first."""
+    post = store.find_post(conn, source=source, url=url)
+    if post is None:
+        raise NotFound(f"no post with source {source!r}" if source else f"no post at {url!r}")
+    return post, store.related_for(conn, post.id, n)
