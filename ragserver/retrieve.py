@@ -47,9 +47,11 @@ def search(conn, embedder: Embedder, query: str, k: int = 10, mode: str = "hybri
 
 
 def search_posts(conn, embedder: Embedder, query: str, n: int = 10, mode: str = "hybrid",
-                 offset: int = 0) -> list[store.Hit]:
-    """The best passage of each matching post, best post first (n posts after offset)."""
-    best: dict[str, store.Hit] = {}
+                 offset: int = 0, per_post: int = 1) -> list[list[store.Hit]]:
+    """Matching posts, best first (n posts after offset): each its best `per_post` passages."""
+    groups: dict[str, list[store.Hit]] = {}
     for hit in search(conn, embedder, query, CANDIDATES * 2, mode=mode):
-        best.setdefault(hit.source, hit)
-    return list(best.values())[offset:offset + n]
+        group = groups.setdefault(hit.source, [])
+        if len(group) < per_post:
+            group.append(hit)
+    return list(groups.values())[offset:offset + n]

@@ -65,3 +65,14 @@ def test_highlight_escapes_post_content():
     html = str(highlight('<img src=x onerror=alert(1)> WAL <script>x</script> "wal"', "wal img"))
     assert "<img" not in html and "<script" not in html
     assert html.count("<mark>") == 3 and "&lt;<mark>img</mark>" in html
+
+
+def test_more_passages_per_post_on_request(client):
+    results = client.get("/api/search?q=WAL+mode&n=3&more=2").json["results"]
+    assert "more" not in client.get("/api/search?q=WAL+mode&n=3").json["results"][0]
+    first = results[0]
+    assert first["source"] == "sqlite/enabling-wal-mode.md" and 1 <= len(first["more"]) <= 2
+    for result in results:
+        assert all(m["score"] <= result["score"] for m in result["more"])
+        assert all({"anchor", "headings", "snippet", "score"} == set(m) for m in result["more"])
+    assert client.get("/api/search?q=wal&more=6").status_code == 400

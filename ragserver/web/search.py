@@ -1,11 +1,12 @@
-"""/api/search: hybrid, vector or keyword search over the posts, as JSON."""
+"""Site search for readers: the /search page, /api/search, and related posts."""
 
 from __future__ import annotations
 
 import time
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify, render_template, request
 
+from ..related import TOP, NotFound, related_posts
 from ..render import highlight
 from ..retrieve import MODES, search_posts
 from .chat import BadQuestion, check_question
@@ -14,6 +15,9 @@ from .services import services
 bp = Blueprint("search", __name__)
 
 MAX_RESULTS = 50
+MAX_MORE = 5  # extra passages per post on request
+PAGE_SIZE = 10
+MAX_PAGE = 10  # search looks at the best 100 passages: deeper pages would be empty
 
 
 def _allowed_origin() -> str | None:
@@ -35,31 +39,144 @@ def cors(response):
     return response
 
 
+class BadParameter(ValueError):
+    """A query-string parameter out of range; the message says what is allowed."""
+
+
+def _whole_number(name: str, default: int, low: int, high: int) -> int:
+    try:
+        value = int(request.args.get(name, default))
+    except ValueError:
+        raise BadParameter(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise BadParameter(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _mode() -> str:
+    mode = request.args.get("mode", "hybrid")
+    if mode not in MODES:
+        raise BadParameter(f"mode must be one of {', '.join(MODES)}")
+    return mode
+
+
+def _no_posts() -> bool:
+    return not services().settings.db_path.exists()
+
+
+def _search(query: str, n: int, mode: str, offset: int = 0, per_post: int = 1):
+    svc = services()
+    return search_posts(svc.connection(), svc.embedder(), query, n, mode=mode, offset=offset,
+                        per_post=per_post)
+
+
+def _result(hit, query: str) -> dict:
+    return {"source": hit.source, "title": hit.title, "url": hit.url, "anchor": hit.anchor,
+            "date": hit.date, "snippet": str(highlight(hit.text, query)),
+            "score": round(hit.score, 4)}
+
+
+# -- JSON -------------------------------------------------------------------
+
 @bp.route("/api/search", methods=["GET", "OPTIONS"])
 def api_search():
-    """?q=&n=&mode= -> {"query", "mode", "results": [...], "took_ms"}."""
+    """?q=&n=&mode=&more= -> {"query", "mode", "results": [...], "took_ms"}."""
     if request.method == "OPTIONS":
         return "", 204
     started = time.perf_counter()
     try:
         query = check_question(request.args.get("q"), noun="search")
-    except BadQuestion as error:
+        mode = _mode()
+        n = _whole_number("n", 10, 1, MAX_RESULTS)
+        more = _whole_number("more", 0, 0, MAX_MORE)
+    except (BadQuestion, BadParameter) as error:
         return jsonify(error=str(error)), 400
-    mode = request.args.get("mode", "hybrid")
-    if mode not in MODES:
-        return jsonify(error=f"mode must be one of {', '.join(MODES)}"), 400
-    try:
-        n = int(request.args.get("n", 10))
-    except ValueError:
-        return jsonify(error="n must be a whole number"), 400
-    if not 1 <= n <= MAX_RESULTS:
-        return jsonify(error=f"n must be between 1 and {MAX_RESULTS}"), 400
-    svc = services()
-    if not svc.settings.db_path.exists():
+    if _no_posts():
         return jsonify(error="no posts have been ingested yet"), 503
-    hits = search_posts(svc.connection(), svc.embedder(), query, n, mode=mode)
-    results = [{"source": h.source, "title": h.title, "url": h.url, "anchor": h.anchor,
-                "date": h.date, "snippet": str(highlight(h.text, query)), "score": round(h.score, 4)}
-               for h in hits]
+    results = []
+    for best, *others in _search(query, n, mode, per_post=1 + more):
+        result = _result(best, query)
+        if more:
+            result["more"] = [{"anchor": h.anchor, "headings": list(h.heading_path),
+                               "snippet": str(highlight(h.text, query)),
+                               "score": round(h.score, 4)} for h in others]
+        results.append(result)
     return jsonify(query=query, mode=mode, results=results,
                    took_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+@bp.route("/api/related", methods=["GET", "OPTIONS"])
+def api_related():
+    """?source= or ?url=, &n= -> {"source", "title", "url", "related": [...]}."""
+    if request.method == "OPTIONS":
+        return "", 204
+    try:
+        post, similar = _related()
+    except (BadParameter, NotFound) as error:
+        return jsonify(error=str(error)), 404 if isinstance(error, NotFound) else 400
+    return jsonify(source=post.source, title=post.title, url=post.url,
+                   related=[{"source": r.source, "title": r.title, "url": r.url,
+                             "date": r.date, "score": round(r.score, 4)} for r in similar])
+
+
+def _related():
+    source = (request.args.get("source") or "").strip()
+    url = (request.args.get("url") or "").strip()
+    if not source and not url:
+        raise BadParameter("give the post as ?source= (its source id) or ?url=")
+    n = _whole_number("n", 5, 1, TOP)
+    if _no_posts():
+        raise NotFound("no posts have been ingested yet")
+    return related_posts(services().connection(), source=source or None, url=url or None, n=n)
+
+
+def _other_places(group):
+    """(best passage, other passages of the post that sit under a different anchor)."""
+    best, seen, others = group[0], {group[0].anchor}, []
+    for hit in group[1:]:
+        if hit.anchor not in seen:
+            seen.add(hit.anchor)
+            others.append(hit)
+    return best, others
+
+
+# -- HTML -------------------------------------------------------------------
+
+@bp.route("/related", methods=["GET", "OPTIONS"])
+def related_fragment():
+    """An HTML fragment listing a post's related posts, for a blog template to include."""
+    if request.method == "OPTIONS":
+        return "", 204
+    try:
+        post, similar = _related()
+    except (BadParameter, NotFound) as error:
+        status = 404 if isinstance(error, NotFound) else 400
+        return render_template("search/_related.html", error=str(error)), status
+    return render_template("search/_related.html", post=post, related=similar)
+
+
+@bp.get("/search")
+def search_page():
+    """Search as you type with htmx; a plain GET form without JavaScript."""
+    query = request.args.get("q", "")
+    context = {"query": query, "groups": [], "page": 1, "has_next": False, "error": None,
+               "page_size": PAGE_SIZE}
+    status = 200
+    if query.strip():
+        try:
+            query = check_question(query, noun="search")
+            mode = _mode()
+            page = _whole_number("page", 1, 1, MAX_PAGE)
+        except (BadQuestion, BadParameter) as error:
+            context["error"], status = str(error), 400
+        else:
+            if _no_posts():
+                context["error"], status = "No posts have been ingested yet.", 503
+            else:
+                groups = _search(query, PAGE_SIZE + 1, mode, offset=(page - 1) * PAGE_SIZE,
+                                 per_post=3)
+                context.update(query=query, page=page, mode=mode,
+                               groups=[_other_places(g) for g in groups[:PAGE_SIZE]],
+                               has_next=len(groups) > PAGE_SIZE and page < MAX_PAGE)
+    template = "search/_results.html" if request.htmx else "search/index.html"
+    return render_template(template, highlight=highlight, **context), status
