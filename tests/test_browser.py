@@ -31,13 +31,20 @@ def procfile_command(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(seeded_db, tmp_path_factory):
-    """Base URL of a real gunicorn serving the seeded database."""
+def server_env() -> dict:
+    """Extra environment for the server; a test module may override it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def server(seeded_db, server_env, tmp_path_factory):
+    """Base URL of a real gunicorn serving the seeded database, its search model loaded."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    env = {**os.environ, "RAGSERVER_DB": str(seeded_db), "RAGSERVER_MAX_ANSWER_TOKENS": "120"}
+    env = {**os.environ, "RAGSERVER_DB": str(seeded_db), "RAGSERVER_MAX_ANSWER_TOKENS": "120",
+           **server_env}
     with open(log, "wb") as out:
         proc = subprocess.Popen(procfile_command(port), cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -46,12 +53,12 @@ def server(seeded_db, tmp_path_factory):
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, f"gunicorn exited:\n{log.read_text()}"
-            try:
-                if urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200:
-                    break
+            try:  # a search, not just /healthz: the first one loads the embedding model
+                urllib.request.urlopen(f"{url}/api/search?q=warm+up", timeout=SLOW / 1000)
+                break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"no /healthz 200 in 60 s:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no search answered in 60 s:\n{log.read_text()}"
             time.sleep(0.3)
         yield url
     finally:
