@@ -293,6 +293,8 @@ def reindex(db, quiet):
 
     from ingest.pipeline import IngestLocked, ingest_lock, rebuild_index, reembed_all
 
+    from . import related
+
     settings = _settings(db)
     conn = _open(settings, must_exist=True)
     started = time.perf_counter()
@@ -314,7 +316,8 @@ def reindex(db, quiet):
             else:
                 count = rebuild_index(conn, settings.commit_rows,
                                       on_batch=lambda n: say(f"  {n} vectors indexed"))
-                click.echo(f"index rebuilt: {count} vectors; "
+                lists = related.refresh(conn)
+                click.echo(f"index rebuilt: {count} vectors; related lists updated: {lists}; "
                            f"{time.perf_counter() - started:.1f}s")
     except IngestLocked as error:
         click.echo(f"Error: {error}", err=True)

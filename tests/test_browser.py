@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -170,3 +171,23 @@ def test_phone_layout_has_no_horizontal_overflow(browser, server):
     assert widths["page"] <= 390, widths
     assert widths["right"] <= 390, widths
     assert widths["overflowing"] == [], widths
+
+
+def test_search_page_updates_as_you_type(browser, server):
+    """Typing on /search swaps in results without a page load and keeps the URL in step."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(SLOW)
+    loads = []
+    page.on("load", lambda: loads.append(page.url))
+    page.goto(f"{server}/search")
+    page.locator("#q").press_sequentially("recursive CTE", delay=30)
+    first = page.locator("#results li.result").first
+    expect(first.locator("a.title")).to_have_text("The simplest recursive CTE")
+    expect(first.locator(".snippet mark").first).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/search\?q=recursive(\+|%20)CTE$"))
+    page.get_by_role("link", name="Next →").click()
+    expect(page.locator("#results ol.results")).to_have_attribute("start", "11")
+    page.go_back()
+    expect(page.locator("#q")).to_have_value("recursive CTE")
+    assert len(loads) == 1, loads  # one full page load: everything else was swapped in
+    page.close()

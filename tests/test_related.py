@@ -116,6 +116,18 @@ def test_a_deleted_post_leaves_every_list(blog):
     assert_same_lists(after, recomputed_from_scratch(conn))
 
 
+def test_reindex_fills_in_lists_a_database_lacks(blog):
+    """A database from before related posts (no lists) gets them from `ragserver reindex`."""
+    _, conn, _, _ = blog
+    with transaction(conn):
+        conn.execute("DELETE FROM post_vectors")
+        conn.execute("DELETE FROM related_posts")
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    result = ragserver("reindex", "--db", path, "--quiet", check=True)
+    assert "related lists updated: 58;" in result.stdout
+    assert len(lists_by_source(conn)) == 58
+
+
 def test_cli_lists_related_posts_by_source_or_url(seeded_db):
     result = ragserver("related", "sqlite/enabling-wal-mode.md", "--db", seeded_db, "--json",
                        "-n", "3", check=True)
