@@ -78,7 +78,8 @@ class Settings:
 
     allowed_origins: str = _setting(
         "RAGSERVER_ALLOWED_ORIGINS", "",
-        "Comma-separated origins (https://blog.example) whose pages may call /api/search.")
+        "Comma-separated origins (https://blog.example) whose pages may use the search box "
+        "and related posts (/api/search, /api/related, /related).")
 
     @property
     def db_path(self) -> Path:
