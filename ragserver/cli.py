@@ -69,6 +69,8 @@ def cli():
 db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
                          help="Database file (default: RAGSERVER_DB, else ragserver.db in the "
                               "instance folder).")
+json_lines_option = click.option("--json", "as_json", is_flag=True,
+                                 help="One JSON object per line.")
 
 
 @cli.command()
@@ -170,7 +172,7 @@ def _configure_logging() -> None:
 @db_option
 @click.option("-n", "number", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="How many passages to return.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@json_lines_option
 def search(query, db, number, as_json):
     """Find the passages closest in meaning to QUERY, best first."""
     from .retrieve import search_passages
@@ -210,7 +212,7 @@ def search(query, db, number, as_json):
 @db_option
 @click.option("-n", "number", type=click.IntRange(1, 10), default=10, show_default=True,
               help="How many related posts to list.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@json_lines_option
 def related_command(source, db, number, as_json):
     """List the posts most similar to SOURCE (a post's source id, or its URL)."""
     from .related import NotFound, related_posts

@@ -110,24 +110,29 @@ def api_related():
     """?source= or ?url=, &n= -> {"source", "title", "url", "related": [...]}."""
     if request.method == "OPTIONS":
         return "", 204
-    try:
-        post, similar = _related()
-    except (BadParameter, NotFound) as error:
-        return jsonify(error=str(error)), 404 if isinstance(error, NotFound) else 400
+    post, similar, error, status = _related()
+    if error:
+        return jsonify(error=error), status
     return jsonify(source=post.source, title=post.title, url=post.url,
                    related=[{"source": r.source, "title": r.title, "url": r.url,
                              "date": r.date, "score": round(r.score, 4)} for r in similar])
 
 
 def _related():
+    """(post, its related posts, None, 200), or (None, [], what is wrong, 400 or 404)."""
     source = (request.args.get("source") or "").strip()
     url = (request.args.get("url") or "").strip()
-    if not source and not url:
-        raise BadParameter("give the post as ?source= (its source id) or ?url=")
-    n = _whole_number("n", 5, 1, TOP)
-    if _no_posts():
-        raise NotFound("no posts have been ingested yet")
-    return related_posts(services().connection(), source=source or None, url=url or None, n=n)
+    try:
+        if not source and not url:
+            raise BadParameter("give the post as ?source= (its source id) or ?url=")
+        n = _whole_number("n", 5, 1, TOP)
+        if _no_posts():
+            raise NotFound("no posts have been ingested yet")
+        post, similar = related_posts(services().connection(), source=source or None,
+                                      url=url or None, n=n)
+    except (BadParameter, NotFound) as error:
+        return None, [], str(error), 404 if isinstance(error, NotFound) else 400
+    return post, similar, None, 200
 
 
 def _other_places(group):
@@ -147,12 +152,9 @@ def related_fragment():
     """An HTML fragment listing a post's related posts, for a blog template to include."""
     if request.method == "OPTIONS":
         return "", 204
-    try:
-        post, similar = _related()
-    except (BadParameter, NotFound) as error:
-        status = 404 if isinstance(error, NotFound) else 400
-        return render_template("search/_related.html", error=str(error)), status
-    return render_template("search/_related.html", post=post, related=similar)
+    post, similar, error, status = _related()
+    return render_template("search/_related.html", post=post, related=similar,
+                           error=error), status
 
 
 @bp.get("/search")
