@@ -114,11 +114,12 @@ def passage_hash(text_to_embed: str, model: store.ModelInfo) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def prepare_model(conn, embedder: Embedder) -> None:
-    """Record the model on a new database; refuse one built with another model."""
+def prepare_model(conn, embedder: Embedder, vector_index: str = "vss") -> None:
+    """Record the model and index kind on a new database; refuse one built with another model."""
     if store.get_model_info(conn) is None:
         with transaction(conn):
             if store.get_model_info(conn) is None:
+                store.set_vector_index(conn, vector_index)
                 store.set_model_info(conn, embedder.info)
     store.check_model(conn, embedder.info)
 
@@ -127,7 +128,7 @@ class Ingester:
     """One ingest run against one open database."""
 
     def __init__(self, conn, embedder: Embedder, *, commit_rows: int = 1000,
-                 on_event: Callable[[str, str], None] | None = None):
+                 on_event: Callable[[str, str], None] | None = None, vector_index: str = "vss"):
         self.conn = conn
         self.embedder = embedder
         self.commit_rows = max(1, commit_rows)
@@ -136,7 +137,7 @@ class Ingester:
         self.pending: list[_Pending] = []
         self.pending_rows = 0
         self.pending_origin_moves: list[tuple[str, str]] = []
-        prepare_model(conn, embedder)
+        prepare_model(conn, embedder, vector_index)
         self.collection = store.collection_id(conn)
         self.prefix_tokens = embedder.count_tokens([embedder.info.passage_prefix])[0] \
             if embedder.info.passage_prefix else 0
@@ -293,13 +294,17 @@ class Ingester:
                 store.bump_generation(self.conn)
 
 
-def rebuild_index(conn, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None) -> int:
-    """Drop the vss0 index and rebuild it from the stored vectors; returns rows indexed."""
+def rebuild_index(conn, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None,
+                  vector_index: str | None = None) -> int:
+    """Drop the vector index and rebuild it (as `vector_index`, if given) from the stored
+    vectors; returns rows indexed."""
     info = store.get_model_info(conn)
     if info is None:
         return 0
     with transaction(conn):
         store.drop_index(conn)
+        if vector_index:
+            store.set_vector_index(conn, vector_index)
         store.create_index(conn, info.dimension)
         store.set_meta(conn, "index_state", "rebuilding")
         store.bump_generation(conn)
@@ -317,7 +322,8 @@ def rebuild_index(conn, commit_rows: int = 1000, on_batch: Callable[[int], None]
 
 
 def reembed_all(conn, embedder: Embedder, commit_rows: int = 1000,
-                on_batch: Callable[[int], None] | None = None) -> int:
+                on_batch: Callable[[int], None] | None = None,
+                vector_index: str | None = None) -> int:
     """Re-embed every stored passage with `embedder` and switch the database to it.
 
     New vectors are written to a side table first, in committed batches (a killed
@@ -345,6 +351,6 @@ def reembed_all(conn, embedder: Embedder, commit_rows: int = 1000,
         # window, reusing every vector whose passage comes out the same.
         store.set_model_info(conn, info)
         store.forget_post_vectors(conn)
-    rebuild_index(conn, commit_rows)
+    rebuild_index(conn, commit_rows, vector_index=vector_index)
     related.refresh(conn)
     return done

@@ -111,8 +111,9 @@ def ingest(sources, db, base_url, prune, quiet):
             bar = _Progress(quiet)
             try:
                 ingester = Ingester(conn, embedder, commit_rows=settings.commit_rows,
-                                    on_event=bar.event)
+                                    on_event=bar.event, vector_index=settings.vector_index)
                 summary = ingester.run(opened, prune=prune)
+                in_use = store.vector_index(conn).kind
             except store.ModelMismatchError as error:
                 raise click.ClickException(str(error)) from None
             finally:
@@ -122,6 +123,10 @@ def ingest(sources, db, base_url, prune, quiet):
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_LOCKED)
     summary.skipped[:0] = early_skips
+    if in_use != settings.vector_index:
+        click.echo(f"note: {settings.db_path} keeps its {in_use} index although "
+                   f"RAGSERVER_VECTOR_INDEX is {settings.vector_index}; `ragserver reindex` "
+                   "switches it.", err=True)
     click.echo(summary.line())
     if summary.skipped:
         sys.exit(EXIT_SKIPPED)
@@ -263,7 +268,8 @@ def stats(db, as_json):
     figures = {
         "database": str(settings.db_path), "posts": s.posts, "passages": s.passages,
         "vectors": s.vectors, "index_rows": s.index_rows, "index_bytes": s.index_bytes,
-        "database_bytes": s.db_bytes, "index_generation": s.generation, "index_state": s.index_state,
+        "database_bytes": s.db_bytes, "vector_index": s.vector_index,
+        "index_generation": s.generation, "index_state": s.index_state,
         "model": model.name if model else None, "dimension": model.dimension if model else None,
         "query_prefix": model.query_prefix if model else None,
         "passage_prefix": model.passage_prefix if model else None,
@@ -311,16 +317,18 @@ def reindex(db, quiet):
             if stored != embedder.info:
                 say(f"re-embedding every passage: {stored.name} -> {embedder.info.name}")
                 count = reembed_all(conn, embedder, settings.commit_rows,
+                                    vector_index=settings.vector_index,
                                     on_batch=lambda n: say(f"  {n} passages re-embedded"))
                 click.echo(f"re-embedded {count} passages with {embedder.info.name}; "
                            f"run `ragserver ingest` on your sources to re-split posts for it; "
                            f"{time.perf_counter() - started:.1f}s")
             else:
                 count = rebuild_index(conn, settings.commit_rows,
-                                      on_batch=lambda n: say(f"  {n} vectors indexed"))
+                                      on_batch=lambda n: say(f"  {n} vectors indexed"),
+                                      vector_index=settings.vector_index)
                 lists = related.refresh(conn)
-                click.echo(f"index rebuilt: {count} vectors; related lists updated: {lists}; "
-                           f"{time.perf_counter() - started:.1f}s")
+                click.echo(f"{settings.vector_index} index rebuilt: {count} vectors; related lists "
+                           f"updated: {lists}; {time.perf_counter() - started:.1f}s")
     except IngestLocked as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_LOCKED)

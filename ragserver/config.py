@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 E5_PREFIXES = ("query: ", "passage: ")
+VECTOR_INDEXES = ("vss", "vec")
 
 
 def _setting(env: str, default, help: str):
@@ -44,6 +45,10 @@ class Settings:
         "RAGSERVER_COMMIT_ROWS", 1000,
         "Index rows written per transaction (sqlite-vss rewrites its whole index "
         "on every commit, and one huge transaction is quadratic).")
+    vector_index: str = _setting(
+        "RAGSERVER_VECTOR_INDEX", "vss",
+        "Vector index for new databases: vss (sqlite-vss) or vec (sqlite-vec). "
+        "`ragserver reindex` switches an existing database to it.")
     max_file_bytes: int = _setting(
         "RAGSERVER_MAX_FILE_BYTES", 5_000_000,
         "Source files or feed entries larger than this are skipped with a warning.")
@@ -138,4 +143,7 @@ def load_settings(environ=None, **overrides) -> Settings:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values.get("instance_path"):
         values["instance_path"] = default_instance_path()
+    if values.get("vector_index", "vss") not in VECTOR_INDEXES:
+        raise ValueError(f"RAGSERVER_VECTOR_INDEX must be one of {', '.join(VECTOR_INDEXES)}, "
+                         f"not {values['vector_index']!r}")
     return Settings(**values)

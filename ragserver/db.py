@@ -126,6 +126,7 @@ def _load_torch_first() -> None:
 def connect(path: str | Path, *, readonly: bool = False):
     """Open the database with sqlite-vss loaded, WAL on, autocommit mode."""
     _load_torch_first()
+    import sqlite_vec
     import sqlite_vss
 
     module = _sqlite_module()
@@ -140,6 +141,7 @@ def connect(path: str | Path, *, readonly: bool = False):
     try:
         conn.enable_load_extension(True)
         sqlite_vss.load(conn)
+        sqlite_vec.load(conn)
         conn.enable_load_extension(False)
     except Exception as error:
         conn.close()

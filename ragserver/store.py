@@ -1,8 +1,9 @@
 """All SQL lives here, as named functions taking the connection first.
 
 Vectors are stored once, in the llm-compatible `embeddings` table, as
-little-endian float32 blobs. The sqlite-vss `vss_passages` table is an index
-derived from them: it can be dropped and rebuilt at any time (`rebuild_index`).
+little-endian float32 blobs. The vector index (sqlite-vss `vss_passages` by
+default, or sqlite-vec `vec_passages`) is derived from them: it can be dropped
+and rebuilt at any time (`rebuild_index`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,41 @@ import numpy as np
 
 from .db import COLLECTION
 
-VSS_TABLE = "vss_passages"
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """The SQL of one kind of vector index; `meta.vector_index` says which a database uses."""
+    kind: str
+    table: str
+    create: str  # {dimension} is filled in
+    count: str
+    search: str  # parameters: query vector blob, k
+    size: str
+    cosine_from_distance: float  # cosine = 1 - distance * this
+
+    def score(self, distance: float) -> float:
+        return 1.0 - float(distance) * self.cosine_from_distance
+
+
+INDEXES = {
+    # sqlite-vss (Faiss): squared L2 distance; for unit vectors cosine = 1 - d / 2.
+    "vss": VectorIndex(
+        "vss", "vss_passages",
+        "CREATE VIRTUAL TABLE IF NOT EXISTS vss_passages USING vss0(embedding({dimension}))",
+        "SELECT count(*) FROM vss_passages_data",
+        "SELECT rowid, distance FROM vss_passages "
+        "WHERE vss_search(embedding, vss_search_params(?, ?))",
+        "SELECT coalesce(sum(length(idx)), 0) FROM vss_passages_index", 0.5),
+    # sqlite-vec: an exact scan over chunked vectors, cosine distance.
+    "vec": VectorIndex(
+        "vec", "vec_passages",
+        "CREATE VIRTUAL TABLE IF NOT EXISTS vec_passages USING "
+        "vec0(embedding float[{dimension}] distance_metric=cosine)",
+        "SELECT count(*) FROM vec_passages_rowids",
+        "SELECT rowid, distance FROM vec_passages WHERE embedding MATCH ? AND k = ?",
+        "SELECT coalesce(sum(length(vectors)), 0) FROM vec_passages_vector_chunks00", 1.0),
+}
 
 
 class ModelMismatchError(RuntimeError):
@@ -106,6 +141,7 @@ class Stats:
     model: ModelInfo | None
     generation: int
     index_state: str  # ok, or rebuilding while `ragserver reindex` runs (or was killed)
+    vector_index: str = "vss"
 
 
 def vector_to_blob(vector) -> bytes:
@@ -262,7 +298,7 @@ def insert_passage(conn, collection_id: int, post: dict, post_id: int, passage: 
          int(time.time())))
     conn.execute("INSERT INTO passages_fts(rowid, title, headings, text) VALUES (?, ?, ?, ?)",
                  (passage_id, post["title"], " ".join(passage.heading_path), passage.text))
-    conn.execute(f"INSERT INTO {VSS_TABLE}(rowid, embedding) VALUES (?, ?)", (passage_id, blob))
+    insert_index_rows(conn, [(passage_id, blob)])
     return passage_id
 
 
@@ -282,7 +318,7 @@ def delete_passages(conn, collection_id: int, passage_ids) -> None:
         conn.execute("DELETE FROM embeddings WHERE collection_id = ? AND id = ?",
                      (collection_id, str(passage_id)))
         conn.execute("DELETE FROM passages_fts WHERE rowid = ?", (passage_id,))
-        conn.execute(f"DELETE FROM {VSS_TABLE} WHERE rowid = ?", (passage_id,))
+        conn.execute(f"DELETE FROM {vector_index(conn).table} WHERE rowid = ?", (passage_id,))
 
 
 def delete_post(conn, collection_id: int, post_id: int) -> int:
@@ -300,19 +336,38 @@ def collection_id(conn) -> int:
 
 # -- vector index -----------------------------------------------------------
 
+def vector_index(conn) -> VectorIndex:
+    """The kind of vector index this database uses (sqlite-vss unless it chose otherwise)."""
+    return INDEXES[get_meta(conn, "vector_index", "vss")]
+
+
+def set_vector_index(conn, kind: str) -> None:
+    """Choose the kind of index (inside the caller's transaction; the old one must be dropped)."""
+    if kind not in INDEXES:
+        raise ValueError(f"vector index must be one of {', '.join(INDEXES)}, not {kind!r}")
+    set_meta(conn, "vector_index", kind)
+
+
 def index_exists(conn) -> bool:
-    """True when the vss0 table has been created."""
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (VSS_TABLE,)).fetchone() is not None
+    """True when the database's vector index table has been created."""
+    return index_exists_of(conn, vector_index(conn).kind)
+
+
+def index_exists_of(conn, kind: str) -> bool:
+    """True when a vector index of this kind exists in the database."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                        (INDEXES[kind].table,)).fetchone() is not None
 
 
 def create_index(conn, dimension: int) -> None:
-    """Create the vss0 table for vectors of this dimension, if missing."""
-    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {VSS_TABLE} USING vss0(embedding({int(dimension)}))")
+    """Create the vector index for vectors of this dimension, if missing."""
+    conn.execute(vector_index(conn).create.format(dimension=int(dimension)))
 
 
 def drop_index(conn) -> None:
-    """Drop the vss0 table (it is rebuilt from the embeddings table)."""
-    conn.execute(f"DROP TABLE IF EXISTS {VSS_TABLE}")
+    """Drop the vector index, of either kind (it is rebuilt from the embeddings table)."""
+    for index in INDEXES.values():
+        conn.execute(f"DROP TABLE IF EXISTS {index.table}")
 
 
 def count_vectors(conn) -> int:
@@ -322,10 +377,10 @@ def count_vectors(conn) -> int:
 
 
 def count_index_rows(conn) -> int:
-    """Rows in the vss0 index (0 when it does not exist)."""
+    """Rows in the vector index (0 when it does not exist)."""
     if not index_exists(conn):
         return 0
-    return conn.execute(f"SELECT count(*) FROM {VSS_TABLE}_data").fetchone()[0]
+    return conn.execute(vector_index(conn).count).fetchone()[0]
 
 
 def iter_vectors(conn, batch: int = 1000):
@@ -344,8 +399,9 @@ def iter_vectors(conn, batch: int = 1000):
 
 
 def insert_index_rows(conn, rows) -> None:
-    """Add (passage id, blob) rows to the vss0 index."""
-    conn.executemany(f"INSERT INTO {VSS_TABLE}(rowid, embedding) VALUES (?, ?)", rows)
+    """Add (passage id, blob) rows to the vector index."""
+    conn.executemany(f"INSERT INTO {vector_index(conn).table}(rowid, embedding) VALUES (?, ?)",
+                     rows)
 
 
 def search_index(conn, vector, k: int) -> list[Hit]:
@@ -356,12 +412,9 @@ def search_index(conn, vector, k: int) -> list[Hit]:
     """
     if k <= 0 or count_index_rows(conn) == 0:
         return []
-    rows = conn.execute(
-        f"SELECT v.rowid, v.distance FROM {VSS_TABLE} v "
-        f"WHERE vss_search(v.embedding, vss_search_params(?, ?))",
-        (vector_to_blob(vector), int(k))).fetchall()
-    # Vectors are unit length, so squared L2 distance d relates to cosine as 1 - d/2.
-    return _hits(conn, {rowid: 1.0 - float(distance) / 2.0 for rowid, distance in rows})
+    index = vector_index(conn)
+    rows = conn.execute(index.search, (vector_to_blob(vector), int(k))).fetchall()
+    return _hits(conn, {rowid: index.score(distance) for rowid, distance in rows})
 
 
 def _hits(conn, scores: dict[int, float]) -> list[Hit]:
@@ -383,8 +436,7 @@ def get_stats(conn) -> Stats:
     """Counts and sizes for `ragserver stats` and health checks."""
     index_bytes = 0
     if index_exists(conn):
-        index_bytes = conn.execute(
-            f"SELECT coalesce(sum(length(idx)), 0) FROM {VSS_TABLE}_index").fetchone()[0]
+        index_bytes = conn.execute(vector_index(conn).size).fetchone()[0]
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     page_count = conn.execute("PRAGMA page_count").fetchone()[0]
     return Stats(
@@ -397,6 +449,7 @@ def get_stats(conn) -> Stats:
         model=get_model_info(conn),
         generation=get_generation(conn),
         index_state=get_meta(conn, "index_state", "ok"),
+        vector_index=vector_index(conn).kind,
     )
 
 

@@ -33,3 +33,9 @@ def test_db_path_and_bad_numbers(tmp_path):
     assert load_settings({"RAGSERVER_DB": "/x/y.db"}, db="/z.db").db_path.as_posix() == "/z.db"
     with pytest.raises(ValueError, match="RAGSERVER_COMMIT_ROWS must be a whole number"):
         load_settings({"RAGSERVER_COMMIT_ROWS": "lots"})
+
+
+def test_unknown_vector_index_is_refused():
+    with pytest.raises(ValueError, match="RAGSERVER_VECTOR_INDEX must be one of vss, vec, not 'faiss'"):
+        load_settings({"RAGSERVER_VECTOR_INDEX": "faiss"})
+    assert load_settings({"RAGSERVER_VECTOR_INDEX": "vec"}).vector_index == "vec"

@@ -190,6 +190,31 @@ def test_rebuild_index_from_stored_vectors(db, embedder, posts_dir):
     assert [h.passage_id for h in search_passages(db, embedder, "window functions", 5)] == expected
 
 
+def test_sqlite_vec_index_answers_like_sqlite_vss_and_reindex_switches(tmp_path, embedder, posts_dir):
+    """RAGSERVER_VECTOR_INDEX=vec: same hits as vss (both exact), edits follow, reindex switches."""
+    conn = connect(tmp_path / "vec.db")
+    init_schema(conn)
+    sources = [open_source(str(posts_dir))]
+    Ingester(conn, embedder, vector_index="vec").run(sources)
+    assert store.vector_index(conn).kind == "vec" and not store.index_exists_of(conn, "vss")
+    assert counts(conn)["index"] == counts(conn)["vectors"] > 0
+    assert store.get_stats(conn).index_bytes >= counts(conn)["vectors"] * 384 * 4
+    (posts_dir / "sqlite" / "enabling-wal-mode.md").unlink()
+    assert Ingester(conn, embedder, vector_index="vec").run(sources).deleted == 1
+    assert counts(conn)["index"] == counts(conn)["vectors"]
+    query = "How do I turn on write-ahead logging?"
+    with_vec = search_passages(conn, embedder, query, 8)
+    assert rebuild_index(conn, vector_index="vss") == counts(conn)["vectors"]
+    assert store.vector_index(conn).kind == "vss" and not store.index_exists_of(conn, "vec")
+    with_vss = search_passages(conn, embedder, query, 8)
+    assert [h.passage_id for h in with_vec] == [h.passage_id for h in with_vss]
+    assert [h.score for h in with_vec] == pytest.approx([h.score for h in with_vss], abs=1e-4)
+    store.drop_index(conn)
+    store.set_vector_index(conn, "vec")
+    store.create_index(conn, 384)
+    assert search_passages(conn, embedder, query, 8) == []  # an empty vec0 index is fine too
+
+
 def test_searching_an_empty_database_does_not_crash(tmp_path, embedder):
     conn = connect(tmp_path / "empty.db")
     init_schema(conn)
