@@ -194,7 +194,8 @@ class Reader:
 
     sqlite-vss loads its index when a connection first touches it and never sees
     later writes from other connections, so every index write bumps a generation
-    counter in `meta`, and this reader reconnects when the counter moved.
+    counter in `meta`, and this reader reconnects when the counter moved and the
+    index is sqlite-vss (sqlite-vec reads ordinary tables: nothing goes stale).
     """
 
     def __init__(self, path: str | Path):
@@ -209,7 +210,9 @@ class Reader:
     def connection(self):
         """The connection, reopened first if the index changed since it was opened."""
         generation = self._store.get_generation(self._conn)
-        if generation != self._generation:
+        if generation != self._generation and self._store.vector_index(self._conn).kind == "vec":
+            self._generation = generation
+        elif generation != self._generation:
             self._conn.close()
             self._conn = connect(self.path)
             self._generation = self._store.get_generation(self._conn)

@@ -226,18 +226,20 @@ def test_searching_an_empty_database_does_not_crash(tmp_path, embedder):
     conn.close()
 
 
-def test_reader_reopens_when_another_connection_changed_the_index(tmp_path, embedder, posts_dir):
+@pytest.mark.parametrize("kind,reopens", [("vss", 1), ("vec", 0)])
+def test_reader_sees_another_connections_writes(tmp_path, embedder, posts_dir, kind, reopens):
+    """A sqlite-vss reader reopens when the index changed; a sqlite-vec one need not."""
     path = tmp_path / "shared.db"
     writer = connect(path)
     init_schema(writer)
     first = posts_dir / "sqlite"
-    later = CORPUS / "python"
-    run_ingest(writer, embedder, first)
+    later = CORPUS / "uv"
+    Ingester(writer, embedder, vector_index=kind).run([open_source(str(first))])
     reader = Reader(path)
     assert search_passages(reader.connection(), embedder, "Enabling WAL mode", 1)
-    run_ingest(writer, embedder, later, prune=False)
+    Ingester(writer, embedder).run([open_source(str(later))], prune=False)
     conn = reader.connection()
-    assert reader.reopened == 1
+    assert reader.reopened == reopens
     assert store.count_index_rows(conn) == store.count_vectors(writer)
     hits = search_passages(conn, embedder, "Using uv to run Python scripts", 30)
     assert any(not h.source.startswith("sqlite/") for h in hits)
