@@ -1,0 +1,7 @@
+bench:
+	./run bench
+
+test:
+	./run test
+
+.PHONY: bench test
