@@ -220,11 +220,14 @@ class Ingester:
         if not self.pending and not self.pending_origin_moves:
             return
         texts = [t for p in self.pending for t in p.embed_texts]
-        parts = []
-        for start in range(0, len(texts), EMBED_STEP):
-            parts.append(self.embedder.embed_passages(texts[start:start + EMBED_STEP]))
-            self.on_event("embedded", str(len(parts[-1])))
-        vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        # Longest first, as sentence-transformers orders one call: slicing texts in post
+        # order mixes lengths within a batch and pads ~13% more tokens (bench_ingest).
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = np.zeros((len(texts), self.embedder.info.dimension), np.float32)
+        for start in range(0, len(order), EMBED_STEP):
+            chosen = order[start:start + EMBED_STEP]
+            vectors[chosen] = self.embedder.embed_passages([texts[i] for i in chosen])
+            self.on_event("embedded", str(len(chosen)))
         offset = 0
         batch: list[tuple[_Pending, np.ndarray]] = []
         rows = 0

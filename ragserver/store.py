@@ -586,10 +586,18 @@ def apply_reembed(conn) -> None:
 
 # -- keyword search ---------------------------------------------------------
 
+# Left out of keyword queries: they match most passages, and FTS5 scores every match
+# before LIMIT (at 200k passages 136 ms -> 35 ms; hit@1/hit@5 unchanged, bench_search).
+STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from how i in into is it my of on or that the "
+    "this to use using what when why with you your".split())
+
+
 def fts_query(text: str) -> str:
-    """A safe FTS5 query from free text: every word quoted, any of them may match."""
-    words = re.findall(r"\w+", text.lower())
-    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+    """A safe FTS5 query from free text: every word but stopwords quoted, any may match."""
+    words = list(dict.fromkeys(re.findall(r"\w+", text.lower())))
+    kept = [w for w in words if w not in STOPWORDS] or words
+    return " OR ".join(f'"{w}"' for w in kept)
 
 
 def search_keyword(conn, text: str, k: int) -> list[Hit]:

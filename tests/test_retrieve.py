@@ -67,3 +67,11 @@ def test_hybrid_beats_vector_only_finding_posts_by_title(titleless, embedder):
     hybrid = _hit_rates(conn, embedder, titles, "hybrid")
     assert hybrid[0] > vector[0] and hybrid[1] > vector[1], (vector, keyword, hybrid)
     assert hybrid[0] >= keyword[0] and hybrid[1] >= keyword[1], (vector, keyword, hybrid)
+
+
+def test_keyword_query_leaves_out_stopwords_unless_nothing_else_is_left():
+    from ragserver.store import fts_query
+
+    assert fts_query("How do I enable the WAL mode?") == '"enable" OR "wal" OR "mode"'
+    assert fts_query("what is it") == '"what" OR "is" OR "it"'
+    assert fts_query('say "hi" OR NOT x*') == '"say" OR "hi" OR "not" OR "x"'

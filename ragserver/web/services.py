@@ -89,8 +89,14 @@ class Services:
         """The embedding model, loaded on first use."""
         with self._load_lock:
             if self._embedder is None:
+                import torch
+
                 from ..embedder import load_embedder
 
+                # One query at a time needs one thread; torch's default (every core)
+                # spins waiting for busy cores and took 470 ms instead of 14 ms for a
+                # query embedding while an answer was generating (bench_search).
+                torch.set_num_threads(1)
                 self._embedder = load_embedder(self.settings)
             if not isinstance(self._embedder, CachedQueries):
                 self._embedder = CachedQueries(self._embedder)
