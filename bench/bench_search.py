@@ -1,0 +1,529 @@
+"""Search latency on 20k and 200k passages: ragserver beside a numpy scan and `llm similar`.
+
+Data. The shared corpus (282 posts, about 2,900 passages) is ingested once with the real
+pipeline; that database is then grown to N passages with copies of its posts (source
+`copy7/sqlite/x.md`, same title and text) written through ragserver.store in transactions
+of 1,000 passages, as ingest writes them. A copy's vector is the original's plus Gaussian
+noise (sigma 0.01 per dimension, then renormalised: cosine about 0.98 to the original), so
+copies do not tie exactly. Built databases are kept in /tmp/ragserver-bench/ and reused
+when their counts are right.
+
+Queries. Post titles spread over the corpus. In-process, ragserver is called with the
+uncached embedder, so every query is embedded. The server caches query vectors by text,
+so each mode gets the titles in another letter case (the model is uncased and FTS5 folds
+case: same results, new to the cache), and a repeated hybrid search shows the cached case.
+
+Measured, as p50 / p95 over the queries: `retrieve.search_posts` per mode in-process and
+its parts (`embed_query`, also with torch on one thread; `store.search_index` with the
+vector given; `store.search_keyword`, also with stopwords left out of the query), each
+query through all of them in turn so that load from elsewhere on the machine falls on
+all alike; the same searches as `GET /api/search` of a gunicorn
+started from the Procfile, timed by the client; a numpy scan of one float32 matrix
+(matrix @ q, argpartition top 100), its load time apart; llm's `Collection.similar`
+in-process and the whole `llm similar -c` command, on the same file. Every ratio is to
+ragserver's in-process search (the vector one for the baselines).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from common import (COMPARE_HEADERS, CORPUS, MODEL, ROOT, Figure, Section, compare, percentile,
+                    table, timed)
+
+WORK = Path("/tmp/ragserver-bench")
+COMMIT_ROWS = 1000  # passages per transaction while growing a database
+NOISE = 0.01  # per-dimension sigma added to a copy's vector
+K = 100  # passages search_posts asks for (retrieve.CANDIDATES * 2)
+MODES = ("vector", "keyword", "hybrid")
+CANDIDATES = 50  # passages each half of a hybrid search takes (retrieve.CANDIDATES)
+STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from how i in into is it its of on or that the "
+    "this to up what when where which why with you your".split())
+LATENCY_HEADERS = ["measured", "p50 / p95 ms", "baseline", "p50 / p95 ms", "ratio (p50)"]
+
+
+# -- data ---------------------------------------------------------------------
+
+def corpus_db() -> Path:
+    """The shared corpus ingested by the real pipeline, built once."""
+    from ragserver import store
+    from ragserver.db import connect, init_schema
+
+    path = WORK / "search-corpus.db"
+    if path.exists():
+        return path
+    from ingest.pipeline import Ingester
+    from ingest.sources import open_source
+    from ragserver.embedder import SentenceTransformerEmbedder
+
+    partial = WORK / "search-corpus.db.partial"
+    _remove(partial)
+    conn = connect(partial)  # before the model: torch must be imported before sqlite-vss
+    init_schema(conn)
+    embedder = SentenceTransformerEmbedder(MODEL, "", "")
+    Ingester(conn, embedder).run([open_source(str(CORPUS), base_url="https://til.example/")])
+    assert store.count_vectors(conn) == store.count_index_rows(conn)
+    conn.close()
+    partial.rename(path)
+    return path
+
+
+def grown_db(size: int) -> Path:
+    """A copy of the corpus database grown to `size` passages (built once, then reused)."""
+    from ragserver import store
+    from ragserver.db import connect, transaction
+
+    path = WORK / f"search-{size}.db"
+    if path.exists() and _counts_ok(path, size):
+        return path
+    partial = WORK / f"search-{size}.db.partial"
+    _remove(partial)
+    shutil.copyfile(corpus_db(), partial)
+    conn = connect(partial)
+    posts = store.list_posts(conn)
+    passages = {p.id: store.passages_for_post(conn, p.id) for p in posts}
+    vectors = {pid: m for pid, _, m in store.passage_vectors_of_posts(conn, list(passages))}
+    cid = store.collection_id(conn)
+    rng = np.random.default_rng(0)
+    needed = size - store.count_vectors(conn)
+    copies = itertools.islice(_copies(posts, passages, vectors), needed)
+    post_ids: dict[str, int] = {}
+    while batch := list(itertools.islice(copies, COMMIT_ROWS)):
+        with transaction(conn):
+            for source, post, passage, vector in batch:
+                noisy = vector + rng.normal(0, NOISE, vector.shape).astype(np.float32)
+                if source not in post_ids:
+                    post_ids[source] = store.save_post(
+                        conn, source=source, origin="bench", title=post.title, url=post.url,
+                        date=post.date, tags=post.tags, content_hash=post.content_hash)
+                row = {"source": source, "title": post.title, "url": post.url}
+                store.insert_passage(conn, cid, row, post_ids[source], store.NewPassage(
+                    position=passage.position, heading_path=passage.heading_path,
+                    anchor=passage.anchor, text=passage.text,
+                    content_hash=passage.content_hash, vector=noisy / np.linalg.norm(noisy)))
+            store.bump_generation(conn)
+    ok = _counts_ok(conn, size)
+    conn.close()
+    assert ok, f"{partial} did not come out with {size} passages"
+    partial.rename(path)
+    return path
+
+
+def _copies(posts, passages, vectors):
+    """(source, post, passage, vector) of copy 1, 2, ... of every post, endlessly."""
+    for number in itertools.count(1):
+        for post in posts:
+            for passage, vector in zip(passages[post.id], vectors[post.id]):
+                yield f"copy{number}/{post.source}", post, passage, vector
+
+
+def _counts_ok(conn_or_path, size: int) -> bool:
+    from ragserver import store
+    from ragserver.db import connect
+
+    conn = connect(conn_or_path) if isinstance(conn_or_path, Path) else conn_or_path
+    stats = store.get_stats(conn)
+    if conn is not conn_or_path:
+        conn.close()
+    return stats.passages == stats.vectors == stats.index_rows == size and stats.index_state == "ok"
+
+
+def _remove(path: Path) -> None:
+    for extra in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+
+
+def pick_queries(n: int) -> list[str]:
+    """n post titles spread evenly over the corpus, each with four distinct letter cases."""
+    from ragserver import store
+    from ragserver.db import connect
+
+    conn = connect(corpus_db(), readonly=True)
+    titles = [p.title for p in store.list_posts(conn)]
+    conn.close()
+    usable = [t for t in titles if len({v(t) for v in CASES}) == len(CASES)]
+    step = len(usable) / n
+    return [usable[int(i * step)] for i in range(n)]
+
+
+# Same results for an uncased model and FTS5, but a new text for the query cache.
+CASES = (str, str.lower, str.upper, str.swapcase)
+
+
+# -- ragserver in-process --------------------------------------------------------
+
+def in_process(path: Path, queries: list[str]):
+    """(seconds by what was timed, query vectors, vss top-K ids per query).
+
+    search_posts per mode and its parts, with the uncached embedder. Everything is
+    timed query by query, in turn, so that load from elsewhere on the machine falls on
+    all of them alike.
+    """
+    import torch
+
+    from ragserver import store
+    from ragserver.db import connect
+    from ragserver.embedder import SentenceTransformerEmbedder
+    from ragserver.retrieve import search_posts
+
+    conn = connect(path)
+    embedder = SentenceTransformerEmbedder(MODEL, "", "")
+    for mode in MODES:  # the first vector search loads the index into this connection
+        search_posts(conn, embedder, "warm up", mode=mode)
+    threads = torch.get_num_threads()
+    seconds: dict[str, list[float]] = {}
+    vectors, top = [], []
+    for q in queries:
+        for mode in MODES:
+            seconds.setdefault(mode, []).append(
+                timed(lambda: search_posts(conn, embedder, q, mode=mode))[0])
+        took, vector = timed(lambda: embedder.embed_query(q))
+        seconds.setdefault("embed", []).append(took)
+        torch.set_num_threads(1)
+        seconds.setdefault("embed 1 thread", []).append(timed(lambda: embedder.embed_query(q))[0])
+        torch.set_num_threads(threads)
+        took, hits = timed(lambda: store.search_index(conn, vector, K))
+        seconds.setdefault("index", []).append(took)
+        vectors.append(vector)
+        top.append([h.passage_id for h in hits])
+        took, words = timed(lambda: store.search_keyword(conn, q, CANDIDATES))
+        seconds.setdefault("fts", []).append(took)
+        took, fewer = timed(lambda: store.search_keyword(conn, without_stopwords(q), CANDIDATES))
+        seconds.setdefault("fts without stopwords", []).append(took)
+        same = {h.passage_id for h in words[:10]} & {h.passage_id for h in fewer[:10]}
+        seconds.setdefault("fts top 10 kept", []).append(len(same) / 10)
+    conn.close()
+    return seconds, vectors, top
+
+
+def without_stopwords(query: str) -> str:
+    """The query's words less common English function words (a fix to measure)."""
+    words = re.findall(r"\w+", query)
+    return " ".join(w for w in words if w.lower() not in STOPWORDS) or query
+
+
+def first_search(path: Path, vector) -> float:
+    """Seconds to open a connection and run its first vector search (loads the index)."""
+    from ragserver import store
+    from ragserver.db import connect
+
+    def run():
+        conn = connect(path)
+        store.search_index(conn, vector, K)
+        conn.close()
+    return timed(run)[0]
+
+
+# -- baselines ----------------------------------------------------------------------
+
+def load_matrix(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(passage ids, float32 matrix of every stored vector)."""
+    from ragserver import store
+    from ragserver.db import connect
+
+    conn = connect(path, readonly=True)
+    ids, blobs = [], []
+    for rows in store.iter_vectors(conn, batch=10_000):
+        ids += [pid for pid, _ in rows]
+        blobs += [blob for _, blob in rows]
+    conn.close()
+    return np.array(ids), np.frombuffer(b"".join(blobs), "<f4").reshape(len(ids), -1)
+
+
+def scan(ids: np.ndarray, matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Passage ids of the K best dot products, best first."""
+    scores = matrix @ vector
+    best = np.argpartition(scores, -K)[-K:]
+    return ids[best[np.argsort(-scores[best])]]
+
+
+def llm_env() -> dict[str, str]:
+    """An llm user folder where the collection's model id names the packaged MiniLM folder.
+
+    The database records `sentence-transformers/all-MiniLM-L6-v2`; the plugin would load
+    that from the Hugging Face hub. Registering the packaged folder gives the id
+    `sentence-transformers/<folder>`, and an alias maps the recorded id to it, so the
+    database is used as it is.
+    """
+    from ragserver.embedder import packaged_model_path
+
+    folder = WORK / "llm-user"
+    folder.mkdir(parents=True, exist_ok=True)
+    local = str(packaged_model_path())
+    (folder / "sentence-transformers.json").write_text(json.dumps([{"name": local}]))
+    (folder / "aliases.json").write_text(json.dumps({MODEL: f"sentence-transformers/{local}"}))
+    return {"LLM_USER_PATH": str(folder), "HF_HUB_OFFLINE": "1"}
+
+
+def llm_similar(path: Path, queries: list[str]) -> list[float]:
+    """Seconds per llm.Collection.similar call (embeds, then scores every row in Python)."""
+    saved = {key: os.environ.get(key) for key in llm_env()}
+    os.environ.update(llm_env())
+    try:
+        import llm
+        from sqlite_utils import Database
+
+        collection = llm.Collection("passages", Database(path), create=False)
+        collection.similar("warm up", number=K)  # loads the model
+        return [timed(lambda: collection.similar(q, number=K))[0] for q in queries]
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def llm_cli(path: Path, query: str) -> float:
+    """Seconds for the whole `llm similar passages -c QUERY -d DB -n K` command."""
+    command = [str(Path(sys.executable).parent / "llm"), "similar", "passages", "-c", query,
+               "-d", str(path), "-n", str(K)]
+    env = {**os.environ, **llm_env()}
+    return timed(lambda: subprocess.run(command, env=env, check=True, capture_output=True))[0]
+
+
+# -- through gunicorn ---------------------------------------------------------------
+
+def procfile_command(port: int) -> list[str]:
+    """The Procfile's web: command, bound to 127.0.0.1:port, with this venv's gunicorn."""
+    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
+    args = shlex.split(line.removeprefix("web:"))
+    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+    args[0] = str(Path(sys.executable).parent / args[0])
+    return args
+
+
+class Server:
+    """gunicorn started from the Procfile on a free port, serving `db`; stopped on exit."""
+
+    def __init__(self, db: Path, **env: str):
+        self.db = db
+        self.env = env
+
+    def __enter__(self) -> "Server":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = WORK / f"gunicorn-{port}.log"
+        env = {**os.environ, "RAGSERVER_DB": str(self.db), **self.env}
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(procfile_command(port), cwd=ROOT, env=env,
+                                            stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(RuntimeError)
+                raise RuntimeError(f"gunicorn did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.url + "/healthz", timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # 503 (say, no answer model) still means it is serving
+        except OSError:
+            return False
+        return True
+
+    def search(self, query: str, mode: str = "hybrid") -> tuple[float, dict]:
+        """(seconds seen by the client, JSON) of one GET /api/search."""
+        url = f"{self.url}/api/search?" + urllib.parse.urlencode({"q": query, "mode": mode})
+        return timed(lambda: json.load(urllib.request.urlopen(url, timeout=300)))
+
+    def worker(self):
+        """The gunicorn worker process (the master's child), as a psutil.Process."""
+        import psutil
+
+        return psutil.Process(self.process.pid).children()[0]
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if not exc or exc[0] is None:
+            self.log.unlink()  # kept only when something went wrong
+
+
+def through_server(path: Path, queries: list[str]) -> dict[str, list[float]]:
+    """Client-timed seconds per GET /api/search, the modes in turn for each query.
+
+    Each mode gets its own letter case of the query, so every text is new to the
+    server's query cache except in the repeated hybrid search.
+    """
+    passes = [("vector", CASES[1]), ("keyword", CASES[2]), ("hybrid", CASES[3]),
+              ("hybrid cached", CASES[3])]
+    seconds: dict[str, list[float]] = {}
+    with Server(path) as server:
+        for mode in MODES:
+            server.search("warm up", mode)  # loads the model and this thread's index
+        for q in queries:
+            for name, case in passes:
+                took, reply = server.search(case(q), name.split()[0])
+                seconds.setdefault(name, []).append(took)
+                seconds.setdefault(name + " took_ms", []).append(reply["took_ms"] / 1000)
+    return seconds
+
+
+# -- the report ---------------------------------------------------------------------
+
+def run(quick: bool) -> Section:
+    """Build or reuse the databases, then measure each size."""
+    sizes = (20_000,) if quick else (20_000, 200_000)
+    queries = pick_queries(20 if quick else 50)
+    parts, data = [], {"queries": len(queries), "noise_sigma": NOISE, "k": K}
+    for size in sizes:
+        built, path = timed(lambda: grown_db(size))
+        markdown, data[str(size)] = measure(path, size, queries, quick)
+        data[str(size)]["build_or_reuse_s"] = round(built, 1)
+        parts.append(markdown)
+    intro = (
+        f"{len(queries)} post titles as queries, against the shared corpus (2,919 passages) "
+        f"grown with copies of its posts (same text; each vector plus N(0, {NOISE}) noise per "
+        "dimension, renormalised) to the size shown. Latencies are p50 / p95 over the "
+        "queries; one-off costs are min / median / max over 3 repeats. In-process runs use "
+        "the uncached embedder (every query embedded); through gunicorn each mode gets the "
+        "titles in another letter case so they are new to the server's query cache (same "
+        "results: the model is uncased, FTS5 folds case), then hybrid is repeated, cached.")
+    return Section("Search latency", "\n\n".join([intro, *parts]), data)
+
+
+def measure(path: Path, size: int, queries: list[str], quick: bool) -> tuple[str, dict]:
+    """Every figure for one database: (Markdown, numbers for results.json)."""
+    from ragserver import store
+    from ragserver.db import connect
+
+    conn = connect(path, readonly=True)
+    stats = store.get_stats(conn)
+    conn.close()
+    load_before = os.getloadavg()[0]
+    local, vectors, vss_top = in_process(path, queries)
+    served = through_server(path, queries)
+    cold = Figure("new connection: open + first vector search", "s",
+                  [first_search(path, vectors[0]) for _ in range(3)])
+    load = Figure(f"numpy: load the {size:,} × {stats.model.dimension} matrix", "s", [])
+    for _ in range(3):
+        seconds, (ids, matrix) = timed(lambda: load_matrix(path))
+        load.values.append(seconds)
+    local["numpy"] = [timed(lambda: scan(ids, matrix, v))[0] for v in vectors]
+    agree = np.mean([len(set(scan(ids, matrix, v)) & set(top)) / K
+                     for v, top in zip(vectors, vss_top)])
+    del matrix
+    local["llm"] = llm_similar(path, queries[:3 if quick else (10 if size <= 20_000 else 5)])
+    local["llm cli"] = [llm_cli(path, q) for q in queries[:2 if quick else 3]]
+    load_after = os.getloadavg()[0]
+
+    heading = (f"### {size:,} passages ({stats.posts:,} posts; database "
+               f"{stats.db_bytes / 2**20:,.0f} MB, of which the vss index "
+               f"{stats.index_bytes / 2**20:,.0f} MB)\n\nLoad average (1 min) on the machine: "
+               f"{load_before:.1f} before, {load_after:.1f} after these measurements (2 cores; "
+               "this benchmark accounts for about 1).")
+    markdown = "\n\n".join([
+        heading,
+        table(LATENCY_HEADERS, latency_rows(local, served)),
+        table(COMPARE_HEADERS, [
+            compare(cold, Figure("warm `store.search_index`", "s", local["index"]), 3),
+            compare(load, Figure("numpy scan, one query", "s", local["numpy"]), 3)]),
+        "\n".join(f"- {line}" for line in findings(local, served, cold, agree))])
+    numbers = {name: {"p50_ms": round(percentile(v, 50) * 1000, 2),
+                      "p95_ms": round(percentile(v, 95) * 1000, 2)}
+               for name, v in [*local.items(), *served.items()] if "kept" not in name}
+    numbers.update(passages=stats.passages, posts=stats.posts, db_bytes=stats.db_bytes,
+                   index_bytes=stats.index_bytes, new_connection_s=cold.values,
+                   matrix_load_s=load.values, numpy_vss_agreement=round(float(agree), 3),
+                   fts_top10_kept=round(float(np.mean(local["fts top 10 kept"])), 3),
+                   load_average=[load_before, load_after])
+    return markdown, numbers
+
+
+def latency_rows(local: dict, served: dict) -> list[list]:
+    """Each latency beside its baseline: ragserver's in-process search of the same kind."""
+    vector = ("ragserver vector, in-process", local["vector"])
+    keyword = ("ragserver keyword, in-process", local["keyword"])
+    hybrid = ("ragserver hybrid, in-process", local["hybrid"])
+    fts = (f"`store.search_keyword` (k={CANDIDATES})", local["fts"])
+    rows = [
+        (("ragserver keyword, in-process", local["keyword"]), vector),
+        (("ragserver hybrid, in-process", local["hybrid"]), vector),
+        (("of a vector search: `embed_query` alone", local["embed"]), vector),
+        ((f"of a vector search: `store.search_index` alone (k={K})", local["index"]), vector),
+        (("`embed_query`, torch on 1 thread", local["embed 1 thread"]), vector),
+        ((f"of a hybrid search: `store.search_keyword` (k={CANDIDATES})", local["fts"]), hybrid),
+        (("`store.search_keyword`, stopwords left out of the query",
+          local["fts without stopwords"]), fts),
+        ((f"numpy scan, vector given (`matrix @ q`, top {K})", local["numpy"]), vector),
+        ((f"llm `Collection.similar` ({len(local['llm'])} queries)", local["llm"]), vector),
+        ((f"`llm similar -c` command ({len(local['llm cli'])} runs)", local["llm cli"]), vector),
+        (("gunicorn vector, new query", served["vector"]), vector),
+        (("gunicorn keyword", served["keyword"]), keyword),
+        (("gunicorn hybrid, new query", served["hybrid"]), hybrid),
+        (("gunicorn hybrid, repeated (cached vector)", served["hybrid cached"]), hybrid),
+    ]
+    return [latency_row(figure, baseline) for figure, baseline in rows]
+
+
+def findings(local: dict, served: dict, cold: Figure, agree: float) -> list[str]:
+    """What the numbers say, with the numbers."""
+    p50 = {name: percentile(values, 50) for name, values in local.items()}
+    at_client = {name: percentile(values, 50) for name, values in served.items()}
+    return [
+        f"Embedding the query is {p50['embed'] / p50['vector']:.0%} of an in-process vector "
+        f"search ({_ms(p50['embed'])} of {_ms(p50['vector'])} ms at p50).",
+        f"With torch on one thread a query embeds in {_ms(p50['embed 1 thread'])} ms against "
+        f"{_ms(p50['embed'])} ms with its default of one thread per core"
+        + (": torch's OpenMP threads spin while they wait for each other, so while another "
+           "process holds a core every step of the model waits for the scheduler."
+           if p50["embed"] > 2 * p50["embed 1 thread"] else "."),
+        f"FTS5 keyword search is {p50['fts'] / p50['hybrid']:.0%} of a hybrid search "
+        f"({_ms(p50['fts'])} of {_ms(p50['hybrid'])} ms): the query ORs every word of the "
+        "title, so BM25 scores every passage with a \"the\" or \"a\" in it. Leaving "
+        f"stopwords out takes {_ms(p50['fts without stopwords'])} ms and keeps "
+        f"{np.mean(local['fts top 10 kept']):.0%} of the top 10 passages.",
+        f"sqlite-vss search plus fetching the {K} passages takes {_ms(p50['index'])} ms; a "
+        f"numpy scan of the same vectors {_ms(p50['numpy'])} ms "
+        f"({p50['index'] / p50['numpy']:.1f}×). They return the same top {K} passages "
+        f"{agree:.0%} of the time (both are exact; noisy copies make near-ties).",
+        f"A new connection's first search takes {cold.median:.2f} s against "
+        f"{_ms(p50['index'])} ms warm: sqlite-vss loads the whole index into each "
+        "connection. The server holds one per thread (up to 8) and reopens every one after "
+        "each ingest.",
+        f"Through gunicorn a new hybrid query takes {_ms(at_client['hybrid'])} ms at the "
+        f"client, {_ms(at_client['hybrid took_ms'])} ms by the server's own `took_ms`; a "
+        f"repeated one {_ms(at_client['hybrid cached'])} ms.",
+    ]
+
+
+def latency_row(figure: tuple[str, list[float]], baseline: tuple[str, list[float]]) -> list:
+    """A table row: p50 / p95 of the figure and of its baseline, and the ratio of the p50s."""
+    (name, values), (base_name, base_values) = figure, baseline
+    ratio = percentile(values, 50) / percentile(base_values, 50)
+    return [name, _p50_p95(values), base_name, _p50_p95(base_values), f"{ratio:.2f}×"]
+
+
+def _p50_p95(seconds: list[float]) -> str:
+    return f"{_ms(percentile(seconds, 50))} / {_ms(percentile(seconds, 95))}"
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"

@@ -1,0 +1,290 @@
+"""Serving: search latency while answers stream, and the gunicorn worker's memory.
+
+Every figure comes from a gunicorn started from the Procfile (one gthread worker, eight
+threads), timed or sampled by a client in this process.
+
+Contention. The server holds the sqlite and python topics of the shared corpus (ingested
+once, kept in /tmp/ragserver-bench/). Client-timed p50 / p95 of `GET /api/search`
+(hybrid, post titles new to the query cache, one started every 0.25 s) while no answer
+is being generated, then while a client thread keeps the chat busy: `POST /api/ask` "How do I
+enable WAL mode for a SQLite database?" with the default answer length, each stream read
+to its end and the question asked again at once; the report says how many busy searches
+were sent while tokens were generating rather than during retrieval and prompt
+processing. All of it again with the server started with OMP_NUM_THREADS=1, which keeps
+torch to one thread.
+
+Memory. RSS (psutil) of the worker, the master's child: after start (`/healthz`
+answered), after the first search (embedding model loaded), after the first answer
+(answer model loaded), then after bursts of 1, 4 and 8 searches sent at once (each
+gthread thread that serves a search opens its own SQLite connection, into which
+sqlite-vss loads its own copy of the index; the worker's connections to the database are
+counted from its open files). On the small database and on bench_search's 20,000-passage
+(quick) or 200,000-passage (full) one; min / median / max over 1 (quick) or 3 server
+starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bench_search import (CASES, LATENCY_HEADERS, WORK, Server, grown_db, latency_row,
+                          pick_queries)
+from common import COMPARE_HEADERS, CORPUS, MODEL, Figure, Section, compare, table
+
+TOPICS = ["sqlite", "python"]
+QUESTION = "How do I enable WAL mode for a SQLite database?"
+PACE = 0.25  # seconds between the starts of two searches
+BURSTS = (1, 4, 8)
+MB = 2**20
+
+
+def serving_db() -> Path:
+    """The sqlite and python topics of the corpus, ingested once by the real pipeline."""
+    path = WORK / "serving.db"
+    if path.exists():
+        return path
+    from ingest.pipeline import Ingester
+    from ingest.sources import open_source
+    from ragserver.db import connect, init_schema
+    from ragserver.embedder import SentenceTransformerEmbedder
+
+    posts = WORK / "serving-posts"
+    shutil.rmtree(posts, ignore_errors=True)
+    for topic in TOPICS:
+        shutil.copytree(CORPUS / topic, posts / topic)
+    partial = WORK / "serving.db.partial"
+    partial.unlink(missing_ok=True)
+    conn = connect(partial)  # before the model: torch must be imported before sqlite-vss
+    init_schema(conn)
+    embedder = SentenceTransformerEmbedder(MODEL, "", "")
+    Ingester(conn, embedder).run([open_source(str(posts), base_url="https://til.example/")])
+    conn.close()
+    partial.rename(path)
+    return path
+
+
+def ask(url: str, stop: threading.Event | None = None) -> dict:
+    """Stream one answer to QUESTION to its end (or until `stop` is set); when it ran."""
+    request = urllib.request.Request(
+        f"{url}/api/ask", data=json.dumps({"question": QUESTION}).encode(),
+        headers={"Content-Type": "application/json"})
+    started, first, tokens, sources = time.perf_counter(), None, 0, 0
+    with urllib.request.urlopen(request, timeout=300) as response:
+        event = ""
+        for raw in response:
+            line = raw.decode("utf-8").rstrip("\n")
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+                if event == "token":
+                    tokens += 1
+                    first = first or time.perf_counter()
+            elif event == "sources" and line.startswith("data: "):
+                sources = len(json.loads(line.removeprefix("data: "))["sources"])
+            if stop is not None and stop.is_set():
+                break
+    return {"started": started, "first": first or time.perf_counter(),
+            "end": time.perf_counter(), "tokens": tokens, "sources": sources}
+
+
+class Answering:
+    """A client thread that asks again as soon as each answer has streamed, until exit."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.answers: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.answers.append(ask(self.url, self._stop))
+
+    def __enter__(self) -> "Answering":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=300)
+
+    def phase(self, moment: float) -> str:
+        """What the answer was doing then: prompt (retrieval, prompt processing) or generating."""
+        for a in self.answers:
+            if a["started"] <= moment < a["first"]:
+                return "prompt"
+            if a["first"] <= moment <= a["end"]:
+                return "generating"
+        return "between"
+
+    def tokens_per_second(self) -> float:
+        """Tokens received per second of generation, over the answers."""
+        return (sum(a["tokens"] for a in self.answers)
+                / sum(a["end"] - a["first"] for a in self.answers))
+
+
+def paced(server: Server, texts: list[str]) -> list[tuple[float, float]]:
+    """(start, client seconds) of hybrid searches started one every PACE seconds."""
+    timings = []
+    for text in texts:
+        started = time.perf_counter()
+        seconds, _ = server.search(text)
+        timings.append((started, seconds))
+        time.sleep(max(0.0, started + PACE - time.perf_counter()))
+    return timings
+
+
+def wait_until_model_free(server: Server) -> None:
+    """Until /healthz says no answer is generating (after a client hung up on one)."""
+    for _ in range(600):
+        try:
+            health = json.load(urllib.request.urlopen(server.url + "/healthz", timeout=10))
+        except urllib.error.HTTPError as error:
+            health = json.load(error)
+        if not health["llm"]["busy"]:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the answer model stayed busy for a minute")
+
+
+# -- contention ---------------------------------------------------------------------
+
+def contention(queries: list[str], **env: str) -> dict:
+    """Client-timed hybrid searches idle, then while answers stream back to back."""
+    with Server(serving_db(), **env) as server:
+        server.search("warm up")
+        stop = threading.Event()
+        stop.set()
+        ask(server.url, stop)  # loads the answer model; hangs up at the first line
+        wait_until_model_free(server)
+        idle = [seconds for _, seconds in paced(server, [CASES[1](q) for q in queries])]
+        with Answering(server.url) as answering:
+            busy = paced(server, [CASES[2](q) for q in queries])
+    phases = [answering.phase(started) for started, _ in busy]
+    return {"idle": idle, "busy": [seconds for _, seconds in busy],
+            "generating": phases.count("generating") / len(phases),
+            "answers": len(answering.answers), "sources": answering.answers[0]["sources"],
+            "tokens_per_s": answering.tokens_per_second()}
+
+
+# -- memory -------------------------------------------------------------------------
+
+def memory(db: Path, queries: list[str]) -> dict[str, float]:
+    """Worker RSS (MB) at each stage of one server's life, and its connections to `db`."""
+    texts = iter([case(q) for case in CASES for q in queries])
+    with Server(db, RAGSERVER_MAX_ANSWER_TOKENS="64") as server:
+        worker = server.worker()
+        rss = lambda: worker.memory_info().rss / MB  # noqa: E731
+        found = {"start": rss()}
+        server.search(next(texts))
+        found["search"] = rss()
+        ask(server.url)
+        found["answer"] = rss()
+        for n in BURSTS:
+            found[f"peak {n}"] = burst(server, worker, [next(texts) for _ in range(n)])
+            found[f"after {n}"] = rss()
+            found[f"connections {n}"] = sum(f.path == str(db) for f in worker.open_files())
+    return found
+
+
+def burst(server: Server, worker, texts: list[str]) -> float:
+    """Send the searches at once; the worker's peak RSS (MB) while they run."""
+    barrier = threading.Barrier(len(texts))
+
+    def search(text: str) -> None:
+        barrier.wait()
+        server.search(text)
+
+    threads = [threading.Thread(target=search, args=(text,)) for text in texts]
+    for thread in threads:
+        thread.start()
+    peak = 0
+    while any(thread.is_alive() for thread in threads):
+        peak = max(peak, worker.memory_info().rss)
+        time.sleep(0.01)
+    return peak / MB
+
+
+# -- the report ---------------------------------------------------------------------
+
+def run(quick: bool) -> Section:
+    """Contention on the small database; memory on it and on a grown one."""
+    queries = pick_queries(20 if quick else 50)
+    starts = 1 if quick else 3
+    load_before = os.getloadavg()[0]
+    default = contention(queries)
+    one_thread = contention(queries, OMP_NUM_THREADS="1")
+    grown = 20_000 if quick else 200_000
+    databases = [(f"{' + '.join(TOPICS)} topics", serving_db()),
+                 (f"{grown:,} passages (bench_search)", grown_db(grown))]
+    memories = {name: [memory(db, queries) for _ in range(starts)] for name, db in databases}
+
+    parts = [
+        f"Load average (1 min) on the machine: {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after these measurements (2 cores; the server and its "
+        "client account for about 1, 2 while an answer streams).",
+        f"**Contention.** {len(queries)} hybrid searches (titles new to the query cache), "
+        f"one every {PACE} s, on the {' and '.join(TOPICS)} topics with no answer running; "
+        f"then as many while a client asks \"{QUESTION}\" ({default['sources']} sources, "
+        "default RAGSERVER_MAX_ANSWER_TOKENS) again as soon as each answer ends. Then the "
+        "same with the server started with OMP_NUM_THREADS=1 (torch on one thread).",
+        table(LATENCY_HEADERS, [
+            latency_row(("hybrid search while answering", default["busy"]),
+                        ("hybrid search, idle", default["idle"])),
+            latency_row(("idle, OMP_NUM_THREADS=1", one_thread["idle"]),
+                        ("hybrid search, idle", default["idle"])),
+            latency_row(("while answering, OMP_NUM_THREADS=1", one_thread["busy"]),
+                        ("idle, OMP_NUM_THREADS=1", one_thread["idle"]))]),
+        f"{default['generating']:.0%} of the busy searches were sent while tokens were "
+        f"being generated, the rest during retrieval and prompt processing "
+        f"({default['answers']} answers, {default['tokens_per_s']:.0f} tokens/s; with "
+        f"OMP_NUM_THREADS=1: {one_thread['generating']:.0%}, {one_thread['answers']} "
+        f"answers, {one_thread['tokens_per_s']:.0f} tokens/s).",
+        f"**Memory.** RSS of the gunicorn worker in MB, min / median / max over {starts} "
+        "server start(s).",
+    ]
+    for (name, db), found in zip(databases, memories.values()):
+        parts += [f"*{name}*", table(COMPARE_HEADERS, memory_rows(found)),
+                  memory_line(found, db)]
+    data = {"contention": {"default": default, "omp_num_threads_1": one_thread},
+            "memory": memories}
+    return Section("Serving: contention and memory", "\n\n".join(parts), data)
+
+
+def memory_rows(found: list[dict]) -> list[list]:
+    """Each stage beside the stage before it."""
+    figure = lambda name, key: Figure(name, "MB", [f[key] for f in found])  # noqa: E731
+    start = figure("after start", "start")
+    search = figure("after the first search (embedding model, one connection)", "search")
+    answer = figure("after the first answer (answer model)", "answer")
+    rows = [compare(search, start, 0), compare(answer, search, 0)]
+    one = figure("after a burst of 1 search", "after 1")
+    rows.append(compare(one, answer, 0))
+    for n in BURSTS[1:]:
+        rows.append(compare(figure(f"after a burst of {n} searches", f"after {n}"), one, 0))
+    rows.append(compare(figure(f"peak during the burst of {BURSTS[-1]}",
+                               f"peak {BURSTS[-1]}"), one, 0))
+    return rows
+
+
+def memory_line(found: list[dict], db: Path) -> str:
+    """Growth per extra search thread beside the index size, and the connections open."""
+    from ragserver import store
+    from ragserver.db import connect
+
+    conn = connect(db, readonly=True)
+    index_mb = store.get_stats(conn).index_bytes / MB
+    conn.close()
+    last = BURSTS[-1]
+    per_thread = sorted((f[f"after {last}"] - f["after 1"]) / (last - 1) for f in found)
+    opened = ", ".join(str(found[0][f"connections {n}"]) for n in BURSTS)
+    return (f"Each extra search thread adds {per_thread[len(per_thread) // 2]:.0f} MB "
+            f"(median over starts; the sqlite-vss index is {index_mb:.0f} MB on disk). "
+            f"Connections to the database held by the worker after bursts of "
+            f"{', '.join(map(str, BURSTS))}: {opened}.")
