@@ -23,7 +23,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import COMPARE_HEADERS, CORPUS, ROOT, Figure, Section, compare, table
+from common import COMPARE_HEADERS, CORPUS, ROOT, Figure, Section, compare, procfile_command, table
 
 QUESTION = "How do I enable WAL mode for a SQLite database?"
 OTHER = "How do I compile SQLite on Ubuntu?"  # asked in between, so no prompt is cached
@@ -155,15 +154,6 @@ def process_events(command: list[str], env: dict, stdin: str = ""):
         yield event["event"], event["data"]
     if proc.wait():
         raise RuntimeError(f"{command[0]} exited with {proc.returncode}")
-
-
-def procfile_command(port: int) -> list[str]:
-    """The Procfile's web: command bound to 127.0.0.1:port, with this venv's gunicorn."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    args = shlex.split(line.removeprefix("web:"))
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
-    args[0] = str(Path(sys.executable).parent / args[0])
-    return args
 
 
 @contextmanager

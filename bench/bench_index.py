@@ -15,7 +15,6 @@ renormalised) until there are enough. For each index:
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from pathlib import Path

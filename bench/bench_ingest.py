@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from common import COMPARE_HEADERS, CORPUS, MODEL, Figure, Section, compare, table, timed

@@ -15,7 +15,7 @@ case: same results, new to the cache), and a repeated hybrid search shows the ca
 
 Measured, as p50 / p95 over the queries: `retrieve.search_posts` per mode in-process and
 its parts (`embed_query`, also with torch on one thread; `store.search_index` with the
-vector given; `store.search_keyword`, also with stopwords left out of the query), each
+vector given; `store.search_keyword`), each
 query through all of them in turn so that load from elsewhere on the machine falls on
 all alike; the same searches as `GET /api/search` of a gunicorn
 started from the Procfile, timed by the client; a numpy scan of one float32 matrix
@@ -29,8 +29,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -44,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (COMPARE_HEADERS, CORPUS, MODEL, ROOT, Figure, Section, compare, percentile,
-                    table, timed)
+                    procfile_command, table, timed)
 
 WORK = Path("/tmp/ragserver-bench")
 COMMIT_ROWS = 1000  # passages per transaction while growing a database
@@ -52,9 +50,6 @@ NOISE = 0.01  # per-dimension sigma added to a copy's vector
 K = 100  # passages search_posts asks for (retrieve.CANDIDATES * 2)
 MODES = ("vector", "keyword", "hybrid")
 CANDIDATES = 50  # passages each half of a hybrid search takes (retrieve.CANDIDATES)
-STOPWORDS = frozenset(
-    "a an and are as at be by can do does for from how i in into is it its of on or that the "
-    "this to up what when where which why with you your".split())
 LATENCY_HEADERS = ["measured", "p50 / p95 ms", "baseline", "p50 / p95 ms", "ratio (p50)"]
 
 
@@ -204,18 +199,8 @@ def in_process(path: Path, queries: list[str]):
         top.append([h.passage_id for h in hits])
         took, words = timed(lambda: store.search_keyword(conn, q, CANDIDATES))
         seconds.setdefault("fts", []).append(took)
-        took, fewer = timed(lambda: store.search_keyword(conn, without_stopwords(q), CANDIDATES))
-        seconds.setdefault("fts without stopwords", []).append(took)
-        same = {h.passage_id for h in words[:10]} & {h.passage_id for h in fewer[:10]}
-        seconds.setdefault("fts top 10 kept", []).append(len(same) / 10)
     conn.close()
     return seconds, vectors, top
-
-
-def without_stopwords(query: str) -> str:
-    """The query's words less common English function words (a fix to measure)."""
-    words = re.findall(r"\w+", query)
-    return " ".join(w for w in words if w.lower() not in STOPWORDS) or query
 
 
 def first_search(path: Path, vector) -> float:
@@ -299,15 +284,6 @@ def llm_cli(path: Path, query: str) -> float:
 
 
 # -- through gunicorn ---------------------------------------------------------------
-
-def procfile_command(port: int) -> list[str]:
-    """The Procfile's web: command, bound to 127.0.0.1:port, with this venv's gunicorn."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    args = shlex.split(line.removeprefix("web:"))
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
-    args[0] = str(Path(sys.executable).parent / args[0])
-    return args
-
 
 class Server:
     """gunicorn started from the Procfile on a free port, serving `db`; stopped on exit."""
@@ -461,7 +437,6 @@ def latency_rows(local: dict, served: dict) -> list[list]:
     vector = ("ragserver vector, in-process", local["vector"])
     keyword = ("ragserver keyword, in-process", local["keyword"])
     hybrid = ("ragserver hybrid, in-process", local["hybrid"])
-    fts = (f"`store.search_keyword` (k={CANDIDATES})", local["fts"])
     rows = [
         (("ragserver keyword, in-process", local["keyword"]), vector),
         (("ragserver hybrid, in-process", local["hybrid"]), vector),
@@ -469,8 +444,6 @@ def latency_rows(local: dict, served: dict) -> list[list]:
         ((f"of a vector search: `store.search_index` alone (k={K})", local["index"]), vector),
         (("`embed_query`, torch on 1 thread", local["embed 1 thread"]), vector),
         ((f"of a hybrid search: `store.search_keyword` (k={CANDIDATES})", local["fts"]), hybrid),
-        (("`store.search_keyword`, stopwords left out of the query",
-          local["fts without stopwords"]), fts),
         ((f"numpy scan, vector given (`matrix @ q`, top {K})", local["numpy"]), vector),
         ((f"llm `Collection.similar` ({len(local['llm'])} queries)", local["llm"]), vector),
         ((f"`llm similar -c` command ({len(local['llm cli'])} runs)", local["llm cli"]), vector),
@@ -495,10 +468,8 @@ def findings(local: dict, served: dict, cold: Figure, agree: float) -> list[str]
            "process holds a core every step of the model waits for the scheduler."
            if p50["embed"] > 2 * p50["embed 1 thread"] else "."),
         f"FTS5 keyword search is {p50['fts'] / p50['hybrid']:.0%} of a hybrid search "
-        f"({_ms(p50['fts'])} of {_ms(p50['hybrid'])} ms): the query ORs every word of the "
-        "title, so BM25 scores every passage with a \"the\" or \"a\" in it. Leaving "
-        f"stopwords out takes {_ms(p50['fts without stopwords'])} ms and keeps "
-        f"{np.mean(local['fts top 10 kept']):.0%} of the top 10 passages.",
+        f"({_ms(p50['fts'])} of {_ms(p50['hybrid'])} ms): FTS5 ranks every passage that has "
+        "any of the query's words (stopwords are left out) before it takes the best.",
         f"sqlite-vss search plus fetching the {K} passages takes {_ms(p50['index'])} ms; a "
         f"numpy scan of the same vectors {_ms(p50['numpy'])} ms "
         f"({p50['index'] / p50['numpy']:.1f}×). They return the same top {K} passages "
