@@ -423,11 +423,10 @@ def measure(path: Path, size: int, queries: list[str], quick: bool) -> tuple[str
         "\n".join(f"- {line}" for line in findings(local, served, cold, agree))])
     numbers = {name: {"p50_ms": round(percentile(v, 50) * 1000, 2),
                       "p95_ms": round(percentile(v, 95) * 1000, 2)}
-               for name, v in [*local.items(), *served.items()] if "kept" not in name}
+               for name, v in [*local.items(), *served.items()]}
     numbers.update(passages=stats.passages, posts=stats.posts, db_bytes=stats.db_bytes,
                    index_bytes=stats.index_bytes, new_connection_s=cold.values,
                    matrix_load_s=load.values, numpy_vss_agreement=round(float(agree), 3),
-                   fts_top10_kept=round(float(np.mean(local["fts top 10 kept"])), 3),
                    load_average=[load_before, load_after])
     return markdown, numbers
 
