@@ -34,7 +34,8 @@ def assert_same_lists(got, want):
     assert got.keys() == want.keys()
     for source in want:
         assert [s for s, _ in got[source]] == [s for s, _ in want[source]], source
-        assert [round(x, 4) for _, x in got[source]] == [round(x, 4) for _, x in want[source]]
+        # Float32 products in differently shaped blocks may differ in the last bits.
+        assert [x for _, x in got[source]] == pytest.approx([x for _, x in want[source]], abs=1e-5)
 
 
 @pytest.fixture(scope="module")
