@@ -208,15 +208,16 @@ class Reader:
         self._generation = store.get_generation(self._conn)
 
     def connection(self):
-        """The connection, reopened first if the index changed since it was opened."""
+        """The connection, reopened first if a sqlite-vss index changed since it was opened."""
         generation = self._store.get_generation(self._conn)
-        if generation != self._generation and self._store.vector_index(self._conn).kind == "vec":
-            self._generation = generation
-        elif generation != self._generation:
+        if generation == self._generation:
+            return self._conn
+        if self._store.vector_index(self._conn).kind == "vss":
             self._conn.close()
             self._conn = connect(self.path)
-            self._generation = self._store.get_generation(self._conn)
+            generation = self._store.get_generation(self._conn)
             self.reopened += 1
+        self._generation = generation
         return self._conn
 
     def close(self) -> None:

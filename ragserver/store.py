@@ -20,7 +20,6 @@ import numpy as np
 from .db import COLLECTION
 
 
-
 @dataclass(frozen=True)
 class VectorIndex:
     """The SQL of one kind of vector index; `meta.vector_index` says which a database uses."""
@@ -313,12 +312,13 @@ def move_passage(conn, collection_id: int, post: dict, passage_id: int, position
 
 def delete_passages(conn, collection_id: int, passage_ids) -> None:
     """Delete passages with their vectors, FTS rows and index rows."""
+    index_table = vector_index(conn).table
     for passage_id in passage_ids:
         conn.execute("DELETE FROM passages WHERE id = ?", (passage_id,))
         conn.execute("DELETE FROM embeddings WHERE collection_id = ? AND id = ?",
                      (collection_id, str(passage_id)))
         conn.execute("DELETE FROM passages_fts WHERE rowid = ?", (passage_id,))
-        conn.execute(f"DELETE FROM {vector_index(conn).table} WHERE rowid = ?", (passage_id,))
+        conn.execute(f"DELETE FROM {index_table} WHERE rowid = ?", (passage_id,))
 
 
 def delete_post(conn, collection_id: int, post_id: int) -> int:
