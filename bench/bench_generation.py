@@ -23,17 +23,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import COMPARE_HEADERS, CORPUS, ROOT, Figure, Section, compare, procfile_command, table
+from bench_search import Server
+from common import COMPARE_HEADERS, CORPUS, Figure, Section, compare, table
 
 QUESTION = "How do I enable WAL mode for a SQLite database?"
 OTHER = "How do I compile SQLite on Ubuntu?"  # asked in between, so no prompt is cached
@@ -156,32 +154,6 @@ def process_events(command: list[str], env: dict, stdin: str = ""):
         raise RuntimeError(f"{command[0]} exited with {proc.returncode}")
 
 
-@contextmanager
-def gunicorn(env: dict, log: Path):
-    """Base URL of gunicorn serving the app from the Procfile, its search model loaded."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(procfile_command(port), cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{log.read_text()}")
-            try:
-                urllib.request.urlopen(f"{url}/api/search?q=warm+up", timeout=120)
-                break
-            except OSError:
-                time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-
-
 def answer_all(quick: bool, tmp: Path) -> dict:
     """Every path's runs, interleaved, plus what was asked and how."""
     from ingest.pipeline import Ingester
@@ -220,7 +192,9 @@ def answer_all(quick: bool, tmp: Path) -> dict:
 
     runs = {"raw": [], "server": [], "cli": [], "raw_script": [], "raw_cached": [],
             "server_cached": []}
-    with gunicorn(env, tmp / "gunicorn.log") as url:
+    with Server(settings.db_path, RAGSERVER_MAX_ANSWER_TOKENS=str(max_tokens)) as server:
+        server.search("warm up")  # loads the embedding model
+        url = server.url
         warm = timed_events(raw_events, llama, messages, max_tokens)  # loads the model
         prompt_tokens = llama.n_tokens - warm.tokens  # what llama.cpp evaluated, ±1
         timed_events(sse_events, url, OTHER)
