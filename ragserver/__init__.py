@@ -20,7 +20,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
 
     from . import config as config_module
     from . import render
-    from .web import chat, health, search
+    from .web import chat, errors, health, policy, search
     from .web.services import Services
 
     settings = config_module.load_settings(**(config or {}))
@@ -28,6 +28,10 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
                 template_folder=_asset_folder("templates"), static_folder=_asset_folder("static"))
     app.config["RAGSERVER"] = settings
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     Htmx(app)
     app.jinja_env.filters["snippet"] = render.snippet
     app.jinja_env.filters["safe_url"] = render.safe_url
@@ -35,4 +39,6 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(search.bp)
+    errors.register(app)
+    app.after_request(policy.add_security_headers)
     return app

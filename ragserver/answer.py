@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from . import store
 from .embedder import Embedder
-from .llm import ChatModel, Gate, LLMError
+from .llm import ChatModel, Gate, LLMError, QueueFull
 from .retrieve import search_passages
 
 NO_ANSWER = ("I couldn't find anything about that in this blog's posts, so I can't answer "
@@ -160,7 +160,7 @@ def answer(question: str, history, *, conn, embedder: Embedder, model: ChatModel
     try:
         for position in gate.wait(queue_timeout):
             yield Event("queued", {"position": position})
-    except TimeoutError as error:
+    except (TimeoutError, QueueFull) as error:
         yield Event("error", {"message": str(error)})
         return
     try:

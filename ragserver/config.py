@@ -81,6 +81,22 @@ class Settings:
         "RAGSERVER_QUEUE_TIMEOUT", 120,
         "Seconds a question waits for the busy model before giving up.")
 
+    ask_rate: int = _setting(
+        "RAGSERVER_ASK_RATE", 10,
+        "Questions per minute one client may ask (chat and /api/ask); more get HTTP 429. "
+        "0: no limit.")
+    search_rate: int = _setting(
+        "RAGSERVER_SEARCH_RATE", 120,
+        "Searches and related-post lookups per minute one client may make; more get HTTP 429. "
+        "0: no limit.")
+    max_waiting: int = _setting(
+        "RAGSERVER_MAX_WAITING", 4,
+        "Questions that may wait while the model answers another; more get HTTP 429.")
+    trusted_proxies: int = _setting(
+        "RAGSERVER_TRUSTED_PROXIES", 0,
+        "Reverse proxies in front of the server whose X-Forwarded-For names the client "
+        "(for rate limits); 0 when clients connect directly.")
+
     allowed_origins: str = _setting(
         "RAGSERVER_ALLOWED_ORIGINS", "",
         "Comma-separated origins (https://blog.example) whose pages may use the search box "
@@ -141,6 +157,9 @@ def load_settings(environ=None, **overrides) -> Settings:
         else:
             values[f.name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
+    for f in fields(Settings):
+        if f.type == "int" and isinstance(values.get(f.name), int) and values[f.name] < 0:
+            raise ValueError(f"{f.metadata['env']} cannot be negative, not {values[f.name]}")
     if not values.get("instance_path"):
         values["instance_path"] = default_instance_path()
     if values.get("vector_index", "vss") not in VECTOR_INDEXES:

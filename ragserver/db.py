@@ -198,13 +198,14 @@ class Reader:
     index is sqlite-vss (sqlite-vec reads ordinary tables: nothing goes stale).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, readonly: bool = False):
         from . import store
 
         self._store = store
         self.path = Path(path)
+        self.readonly = readonly
         self.reopened = 0
-        self._conn = connect(self.path)
+        self._conn = connect(self.path, readonly=readonly)
         self._generation = store.get_generation(self._conn)
 
     def connection(self):
@@ -214,7 +215,7 @@ class Reader:
             return self._conn
         if self._store.vector_index(self._conn).kind == "vss":
             self._conn.close()
-            self._conn = connect(self.path)
+            self._conn = connect(self.path, readonly=self.readonly)
             generation = self._store.get_generation(self._conn)
             self.reopened += 1
         self._generation = generation

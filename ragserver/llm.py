@@ -154,29 +154,50 @@ class RemoteChatModel:
         raise LLMError("the model server stopped before finishing the answer")
 
 
-class Gate:
-    """One generation at a time; knows how many are waiting for the model."""
+class QueueFull(RuntimeError):
+    """Too many questions are already waiting for the model."""
 
-    def __init__(self):
+
+class Gate:
+    """One generation at a time; knows how many are waiting and how long answers take."""
+
+    def __init__(self, max_waiting: int | None = None):
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
+        self.max_waiting = max_waiting
         self.waiting = 0
+        self.typical_seconds = 10.0  # moving average of how long the model is held
+        self._held_since = 0.0
 
     @property
     def busy(self) -> bool:
         """True while a generation holds the model."""
         return self._lock.locked()
 
+    @property
+    def full(self) -> bool:
+        """True when a new question would find no place in the queue."""
+        return self.busy and self.max_waiting is not None and self.waiting >= self.max_waiting
+
+    def expected_wait(self) -> float:
+        """Seconds a new question would likely wait for the model."""
+        return self.typical_seconds * (self.waiting + 1) if self.busy else 0.0
+
     def wait(self, timeout: float, poll: float = 1.0) -> Iterator[int]:
         """Yield the queue position about every `poll` seconds until the model is free.
 
         When the loop ends, the caller holds the model and must call release().
-        Raises TimeoutError after `timeout` seconds. A caller that stops iterating
-        (a client that went away) leaves the queue without ever holding the model.
+        Raises QueueFull at once when `max_waiting` others wait already, and
+        TimeoutError after `timeout` seconds. A caller that stops iterating (a
+        client that went away) leaves the queue without ever holding the model.
         """
         if self._lock.acquire(blocking=False):
+            self._held_since = time.monotonic()
             return
         with self._count_lock:
+            if self.max_waiting is not None and self.waiting >= self.max_waiting:
+                raise QueueFull(f"the model is busy and {self.waiting} question(s) are waiting "
+                                f"already; try again in {round(self.expected_wait())} seconds")
             self.waiting += 1
             position = self.waiting
         try:
@@ -187,6 +208,7 @@ class Gate:
                 if left <= 0:
                     raise TimeoutError("the model is busy answering others; try again shortly")
                 if self._lock.acquire(timeout=min(poll, left)):
+                    self._held_since = time.monotonic()
                     return
         finally:
             with self._count_lock:
@@ -194,6 +216,8 @@ class Gate:
 
     def release(self) -> None:
         """Free the model for the next question."""
+        held = time.monotonic() - self._held_since
+        self.typical_seconds = 0.7 * self.typical_seconds + 0.3 * held
         self._lock.release()
 
 

@@ -95,7 +95,15 @@
   function init() {
     const host = document.createElement("ragserver-search");
     const root = host.attachShadow({ mode: "open" });
-    root.innerHTML = `<style>${CSS}</style>
+    // A constructed stylesheet is not inline style, so pages whose Content-Security-Policy
+    // forbids 'unsafe-inline' styles (ragserver's own among them) still style the box.
+    const constructed = "adoptedStyleSheets" in root;
+    if (constructed) {
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync(CSS);
+      root.adoptedStyleSheets = [sheet];
+    }
+    root.innerHTML = `${constructed ? "" : `<style>${CSS}</style>`}
       <dialog aria-label="Search the blog">
         <div class="box">
           <div class="bar">

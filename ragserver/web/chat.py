@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 
 from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
@@ -11,6 +12,7 @@ from markupsafe import escape
 
 from ..answer import Event, answer
 from ..render import highlight_citations, render_markdown
+from .limits import check_queue, check_rate
 from .services import Turn, services
 
 bp = Blueprint("chat", __name__)
@@ -29,7 +31,12 @@ def check_question(value, noun: str = "question") -> str:
     if len(value) > MAX_QUESTION_CHARS:
         raise BadQuestion(f"A {noun} is limited to {MAX_QUESTION_CHARS:,} characters "
                           f"(this one has {len(value):,}).")
+    if _CONTROL.search(value):
+        raise BadQuestion(f"The {noun} contains control characters.")
     return value.strip()
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def sse(event: str, data: str) -> str:
@@ -95,6 +102,8 @@ def ask_form():
                                turns=services().conversations.turns(cid),
                                render=_render_turn_answer), 400
     svc = services()
+    check_queue(svc.gate)
+    check_rate(svc.ask_limit, "questions")
     turn = svc.conversations.add(cid, question)
     if request.htmx:
         return render_template("chat/_turn.html", turn=turn, streaming=True,
@@ -184,6 +193,9 @@ def api_ask():
     history = payload.get("history") or []
     if not isinstance(history, list):
         return jsonify(error="history must be a list of {role, content} objects"), 400
+    svc = services()
+    check_queue(svc.gate)
+    check_rate(svc.ask_limit, "questions")
 
     def generate():
         for event in _events(question, history):

@@ -10,6 +10,7 @@ from ..related import TOP, NotFound, related_posts
 from ..render import highlight
 from ..retrieve import MODES, search_posts
 from .chat import BadQuestion, check_question
+from .limits import check_rate
 from .services import services
 
 bp = Blueprint("search", __name__)
@@ -91,6 +92,7 @@ def api_search():
         more = _whole_number("more", 0, 0, MAX_MORE)
     except (BadQuestion, BadParameter) as error:
         return jsonify(error=str(error)), 400
+    check_rate(services().search_limit, "searches")
     if _no_posts():
         return jsonify(error="no posts have been ingested yet"), 503
     results = []
@@ -126,6 +128,7 @@ def _related():
         if not source and not url:
             raise BadParameter("give the post as ?source= (its source id) or ?url=")
         n = _whole_number("n", 5, 1, TOP)
+        check_rate(services().search_limit, "requests")
         if _no_posts():
             raise NotFound("no posts have been ingested yet")
         post, similar = related_posts(services().connection(), source=source or None,
@@ -172,6 +175,7 @@ def search_page():
         except (BadQuestion, BadParameter) as error:
             context["error"], status = str(error), 400
         else:
+            check_rate(services().search_limit, "searches")
             if _no_posts():
                 context["error"], status = "No posts have been ingested yet.", 503
             else:

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..db import Reader
 from ..embedder import CachedQueries
 from ..llm import Gate, load_chat_model
+from .limits import RateLimit
 
 
 @dataclass
@@ -82,8 +83,10 @@ class Services:
         self._llm = llm
         self._load_lock = threading.Lock()
         self._local = threading.local()
-        self.gate = Gate()
+        self.gate = Gate(settings.max_waiting)
         self.conversations = Conversations()
+        self.ask_limit = RateLimit(settings.ask_rate)
+        self.search_limit = RateLimit(settings.search_rate)
 
     def embedder(self):
         """The embedding model, loaded on first use."""
@@ -114,10 +117,13 @@ class Services:
         return bool(getattr(self._llm, "loaded", False))
 
     def connection(self):
-        """This thread's read connection, reopened when the vector index changed."""
+        """This thread's read-only connection, reopened when the vector index changed.
+
+        Read-only: nothing a web request does can change the posts (the CLI writes).
+        """
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            reader = self._local.reader = Reader(self.settings.db_path)
+            reader = self._local.reader = Reader(self.settings.db_path, readonly=True)
         return reader.connection()
 
 

@@ -1,0 +1,104 @@
+"""Every failure answers with a clear message: JSON under /api/, HTML elsewhere, no tracebacks."""
+
+from __future__ import annotations
+
+import sqlite3
+from urllib.parse import unquote_to_bytes
+
+from flask import abort, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+
+from ..db import ExtensionError
+from ..embedder import EmbedderError
+from ..llm import LLMError
+
+MESSAGES = {
+    404: "There is nothing at {path}.",
+    405: "{method} is not allowed at {path}.",
+    413: "The request is too large: the limit is {limit:,} bytes.",
+}
+
+
+def _database_errors() -> tuple[type, ...]:
+    errors: list[type] = [sqlite3.Error, ExtensionError]
+    try:
+        from pysqlite3 import dbapi2
+        errors.append(dbapi2.Error)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def register(app) -> None:
+    """Install the error handlers on the app."""
+    app.before_request(refuse_undecodable)
+    app.register_error_handler(HTTPException, _http_error)
+    for error in _database_errors():
+        app.register_error_handler(error, _unavailable("The posts cannot be read right now"))
+    app.register_error_handler(EmbedderError, _unavailable("The search model cannot be loaded"))
+    app.register_error_handler(LLMError, _unavailable("The answer model cannot be loaded"))
+    app.register_error_handler(Exception, _unexpected)
+
+
+def refuse_undecodable() -> None:
+    """400 for a query string or form that is not UTF-8.
+
+    Werkzeug would keep such bytes as literal %XX text, and a question would then be
+    answered about "%FF"; a clear refusal is better.
+    """
+    raw = [request.query_string]
+    if request.mimetype == "application/x-www-form-urlencoded":
+        raw.append(request.get_data(cache=True))  # the form is parsed from this cached copy
+    for data in raw:
+        try:
+            unquote_to_bytes(data.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            abort(400, "The request is not valid UTF-8 text.")
+
+
+def _message(error: HTTPException) -> str:
+    template = MESSAGES.get(error.code or 500)
+    if template is None:
+        return error.description or error.name
+    limit = request.max_content_length or 0
+    return template.format(path=request.path, method=request.method, limit=limit)
+
+
+def error_response(message: str, status: int, headers=None):
+    """`message` as JSON under /api/ (and for JSON clients), else as an HTML page or fragment."""
+    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+        response = jsonify(error=message)
+    elif getattr(request, "htmx", False):
+        response = app_fragment(message)
+    else:
+        response = render_template("error.html", message=message, status=status)
+    return response, status, headers or {}
+
+
+def app_fragment(message: str):
+    """The error as the small fragment htmx swaps into the page."""
+    return render_template("chat/_error.html", message=message)
+
+
+def _http_error(error: HTTPException):
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    return error_response(_message(error), error.code or 500, headers)
+
+
+def _unavailable(what: str):
+    def handler(error: Exception):
+        from flask import current_app
+
+        current_app.logger.error("%s: %s", what, error)
+        # Retry-After: a missing model or a database being replaced is the operator's to fix;
+        # clients should not hammer the server meanwhile.
+        return error_response(f"{what} ({error}).", ServiceUnavailable.code, {"Retry-After": "30"})
+    return handler
+
+
+def _unexpected(error: Exception):
+    from flask import current_app
+
+    current_app.logger.exception("unexpected error on %s %s", request.method, request.path)
+    return error_response("Something went wrong on the server; the error has been logged.",
+                          InternalServerError.code)

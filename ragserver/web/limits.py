@@ -1,0 +1,71 @@
+"""Per-client rate limits: a token bucket per client address, in this process's memory."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+from flask import request
+from werkzeug.exceptions import TooManyRequests
+
+
+class RateLimit:
+    """`per_minute` requests a minute per key, in bursts of up to `per_minute`.
+
+    Buckets of clients idle for a minute are full again and are dropped, so memory
+    stays bounded by the clients of the last minute.
+    """
+
+    def __init__(self, per_minute: int, clock=time.monotonic):
+        self.per_minute = per_minute
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
+        self._lock = threading.Lock()
+        self._swept = clock()
+
+    def take(self, key: str) -> float:
+        """0 when `key` may go ahead (and it is counted), else seconds until it may."""
+        if self.per_minute <= 0:
+            return 0.0
+        rate = self.per_minute / 60.0
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            tokens, updated = self._buckets.get(key, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - updated) * rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+    def _sweep(self, now: float) -> None:
+        if now - self._swept < 60:
+            return
+        self._swept = now
+        for key in [k for k, (_, updated) in self._buckets.items() if now - updated >= 60]:
+            del self._buckets[key]
+
+
+def retry_after(seconds: float) -> str:
+    """A Retry-After header value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def check_rate(limit: RateLimit, noun: str) -> None:
+    """Count one request of this client; HTTP 429 with Retry-After when it is over the limit."""
+    wait = limit.take(request.remote_addr or "")
+    if wait:
+        seconds = retry_after(wait)
+        raise TooManyRequests(f"Too many {noun} from your address: please wait {seconds} "
+                              "seconds and try again.", retry_after=int(seconds))
+
+
+def check_queue(gate) -> None:
+    """HTTP 429 with Retry-After when the model's queue is full."""
+    if gate.full:
+        seconds = retry_after(gate.expected_wait())
+        raise TooManyRequests(f"The model is busy: {gate.waiting} question(s) are waiting "
+                              f"already. Please try again in {seconds} seconds.",
+                              retry_after=int(seconds))
