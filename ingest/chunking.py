@@ -19,7 +19,7 @@ from markdown_it import MarkdownIt
 CountTokens = Callable[[list[str]], list[int]]
 
 # Bump when the way passages are cut changes, so unchanged posts get re-chunked.
-CHUNKER_VERSION = "1"
+CHUNKER_VERSION = "2"
 MIN_TOKENS = 32
 MAX_CONTEXT_CHARS = 200
 
@@ -42,7 +42,10 @@ class Passage:
 
 # -- Markdown ---------------------------------------------------------------
 
-_md = MarkdownIt("commonmark", {"html": True}).enable("table")
+# The commonmark preset stops at 20 levels of nesting and silently drops anything deeper
+# (a list nested ten deep loses its tail); 100 is markdown-it's default preset and still
+# far from Python's recursion limit.
+_md = MarkdownIt("commonmark", {"html": True, "maxNesting": 100}).enable("table")
 
 
 def _inline_text(token) -> str:
@@ -137,26 +140,45 @@ def markdown_blocks(text: str) -> list[Block]:
 
 # -- HTML -------------------------------------------------------------------
 
-_DROP_TAGS = ("script", "style", "nav", "header", "footer", "aside", "form", "noscript",
-              "template", "iframe", "svg", "button")
+_DROP_TAGS = ("head", "title", "script", "style", "nav", "header", "footer", "aside", "form",
+              "noscript", "template", "iframe", "svg", "button")
 _BLOCK_TAGS = {"p": "paragraph", "li": "list_item", "pre": "code", "blockquote": "quote",
                "table": "table", "h1": "heading", "h2": "heading", "h3": "heading",
                "h4": "heading", "h5": "heading", "h6": "heading"}
 
 
+def _in_block(el, root) -> bool:
+    """Whether el is inside a block element, whose unit then holds its text."""
+    return any(parent.name in _BLOCK_TAGS for parent in el.parents if parent is not root)
+
+
 def html_blocks(html: str) -> list[Block]:
     """Headings and content units of an HTML document's article body."""
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, CData, NavigableString
 
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup(list(_DROP_TAGS)):
         tag.decompose()
     root = soup.find("article") or soup.find("main") or soup.body or soup
     blocks: list[Block] = []
-    for el in root.find_all(list(_BLOCK_TAGS)):
-        # Only the outermost block element: <li><p>..</p></li> is one unit.
-        if any(parent.name in _BLOCK_TAGS for parent in el.parents if parent is not root):
+    # Text outside any block element (in <div>s, <dl>s, after <br>s) is content too.
+    loose: list[str] = []
+
+    def flush_loose():
+        text = " ".join(" ".join(loose).split())
+        if text:
+            blocks.append(Block("paragraph", text))
+        loose.clear()
+
+    for el in root.descendants:
+        if type(el) in (NavigableString, CData):
+            if not _in_block(el, root):
+                loose.append(str(el))
             continue
+        # Only the outermost block element: <li><p>..</p></li> is one unit.
+        if el.name not in _BLOCK_TAGS or _in_block(el, root):
+            continue
+        flush_loose()
         kind = _BLOCK_TAGS[el.name]
         if kind == "heading":
             text = " ".join(el.get_text(" ").split())
@@ -168,8 +190,10 @@ def html_blocks(html: str) -> list[Block]:
             if code.strip():
                 blocks.append(Block("code", f"```\n{code}\n```"))
         elif kind == "table":
-            rows = [" | ".join(" ".join(c.get_text(" ").split()) for c in tr.find_all(["th", "td"]))
-                    for tr in el.find_all("tr")]
+            # Rows and cells of this table only: a nested table's text is in its outer cell.
+            rows = [" | ".join(" ".join(c.get_text(" ").split())
+                               for c in tr.find_all(["th", "td"]) if c.find_parent("tr") is tr)
+                    for tr in el.find_all("tr") if tr.find_parent("table") is el]
             body = "\n".join(r for r in rows if r.strip())
             if body:
                 blocks.append(Block("table", body))
@@ -177,6 +201,7 @@ def html_blocks(html: str) -> list[Block]:
             text = " ".join(el.get_text(" ").split())
             if text:
                 blocks.append(Block(kind, text))
+    flush_loose()
     if not blocks:
         text = " ".join(root.get_text(" ").split())
         if text:
@@ -285,8 +310,10 @@ def split_unit(text: str, budget: int, count_tokens: CountTokens) -> list[str]:
     if text.startswith("```") and len(lines) > 2 and lines[-1] == "```":
         fence = lines[0]
         inner_budget = budget - count_tokens([f"{fence}\n\n```"])[0]
-        return [f"{fence}\n{piece}\n```"
-                for piece in _pack(lines[1:-1], "\n", max(8, inner_budget), count_tokens)]
+        # Fences that (nearly) fill the budget on their own cannot be repeated on every piece.
+        if inner_budget >= 8:
+            return [f"{fence}\n{piece}\n```"
+                    for piece in _pack(lines[1:-1], "\n", inner_budget, count_tokens)]
     multiline = "\n" in text.strip()
     return _pack(split_sentences(text), "\n" if multiline else " ", budget, count_tokens)
 
@@ -303,11 +330,14 @@ def build_passages(blocks: list[Block], title: str, count_tokens: CountTokens, m
             while path and path[-1][0] >= block.level:
                 path.pop()
             path.append((block.level, block.text))
-            anchor = block.anchor or slugify(block.text)
-            if not block.anchor:
-                count = seen_anchors.get(anchor, 0)
-                seen_anchors[anchor] = count + 1
-                anchor = anchor if count == 0 else f"{anchor}-{count}"
+            anchor = block.anchor
+            if not anchor:
+                # As GitHub's slugger: "a", "a" again is "a-1", and a later "a 1" is "a-1-1".
+                anchor = slug = slugify(block.text)
+                while anchor in seen_anchors:
+                    seen_anchors[slug] += 1
+                    anchor = f"{slug}-{seen_anchors[slug]}"
+            seen_anchors.setdefault(anchor, 0)
             continue
         heading_path = tuple(text for _, text in path)
         if sections and sections[-1][0] == heading_path and sections[-1][1] == anchor:

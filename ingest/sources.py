@@ -173,7 +173,8 @@ def decode_text(data: bytes) -> str:
     if b"\x00" in data[:8192]:
         raise SkipInput("binary file")
     try:
-        text = data.decode("utf-8-sig")
+        # Not "utf-8-sig": after a byte-order mark it counts error offsets from the 4th byte.
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         raise SkipInput(f"not UTF-8 (byte {error.start}: {data[error.start:error.start + 1]!r})") from None
     if not text.strip():
@@ -220,6 +221,10 @@ def split_front_matter(text: str) -> tuple[dict, str]:
                 where = f" at line {mark.line + 2}" if mark else ""
                 raise SkipInput(f"malformed front matter{where}: "
                                 f"{getattr(error, 'problem', None) or error}") from None
+            except Exception as error:
+                # PyYAML lets plain errors out for some values (date: 2024-02-30, !!int x,
+                # !!timestamp x, 5000-digit numbers), and deep [[[[ nesting exhausts the stack.
+                raise SkipInput(f"malformed front matter: {error}") from None
             if not isinstance(meta, dict):
                 raise SkipInput("malformed front matter: expected key: value pairs")
             return meta, "\n".join(lines[index + 1:])
@@ -256,12 +261,15 @@ def parse_markdown(text: str, *, source: str, base_url: str = "", url: str = "",
     elif h1 and h1.strip().lower() == title.lower():
         blocks = rest
     url = str(meta.get("url") or url or "")
-    if url and base_url:
-        url = urljoin(base_url.rstrip("/") + "/", url)
-    elif not url and meta.get("slug") and base_url:
-        url = urljoin(base_url.rstrip("/") + "/", str(meta["slug"]).lstrip("/"))
-    elif not url:
-        url = _file_url(base_url, source)
+    try:
+        if url and base_url:
+            url = urljoin(base_url.rstrip("/") + "/", url)
+        elif not url and meta.get("slug") and base_url:
+            url = urljoin(base_url.rstrip("/") + "/", str(meta["slug"]).lstrip("/"))
+        elif not url:
+            url = _file_url(base_url, source)
+    except ValueError as error:  # urljoin refuses e.g. "http://[x" (a bad IPv6 host)
+        raise SkipInput(f"malformed url: {error}") from None
     if not any(b.kind != "heading" for b in blocks):
         raise SkipInput("empty: no text besides the title")
     return Document(source=source, title=title, url=url, date=_as_date(meta.get("date", date)),
@@ -273,7 +281,7 @@ def parse_html(html: str, *, source: str, url: str = "", title: str = "", date=N
     """An HTML page or fragment as a Document (article body only)."""
     blocks = html_blocks(html)
     h1, rest = take_title(blocks)
-    title = (title or html_title(html, h1) or _title_from_source(source)).strip()
+    title = (title.strip() or html_title(html, h1) or _title_from_source(source)).strip()
     if h1 and h1.strip().lower() == title.lower():
         blocks = rest
     if not any(b.kind != "heading" for b in blocks):
@@ -380,6 +388,10 @@ def read_ndjson(stream: IO, max_bytes: int) -> Iterator[Document | Skipped]:
         except json.JSONDecodeError as error:
             yield Skipped(name, f"not JSON: {error.msg} at column {error.colno}")
             continue
+        except (ValueError, RecursionError) as error:
+            # JSON that Python refuses: integers over 4300 digits, nesting past the stack.
+            yield Skipped(name, f"unusable JSON: {error}")
+            continue
         if not isinstance(item, dict):
             yield Skipped(name, "expected a JSON object with id and content")
             continue
@@ -394,8 +406,24 @@ def read_ndjson(stream: IO, max_bytes: int) -> Iterator[Document | Skipped]:
             continue
         try:
             parse = parse_html if item.get("format") == "html" else parse_markdown
-            yield parse(content, source=source, url=str(item.get("url") or ""),
-                        title=str(item.get("title") or ""), date=item.get("date"),
-                        tags=item.get("tags"))
+            doc = parse(content, source=source, url=str(item.get("url") or ""),
+                      title=str(item.get("title") or ""), date=item.get("date"),
+                      tags=item.get("tags"))
         except SkipInput as skip:
             yield Skipped(name, str(skip), source)
+            continue
+        if not _is_unicode(doc):
+            yield Skipped(name, "not Unicode text: an unpaired \\ud800-\\udfff escape", source)
+            continue
+        yield doc
+
+
+def _is_unicode(doc: Document) -> bool:
+    """Whether every text of a document can be stored as UTF-8 (no lone surrogates)."""
+    texts = [doc.source, doc.title, doc.url, doc.date or "", *doc.tags,
+             *(b.text for b in doc.blocks), *(b.anchor for b in doc.blocks)]
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
