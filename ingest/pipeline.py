@@ -42,12 +42,20 @@ class IngestLocked(RuntimeError):
     """Another ingest or reindex holds the database's lock."""
 
 
+class CannotWrite(RuntimeError):
+    """The database's folder cannot be written: a read-only file system, permissions."""
+
+
 @contextmanager
 def ingest_lock(db_path: Path):
     """Hold <db>.lock for the duration; raise IngestLocked at once if someone else holds it."""
     lock_path = Path(str(db_path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as error:
+        raise CannotWrite(f"cannot write in {lock_path.parent} ({error.strerror}); "
+                          "nothing was changed") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -59,10 +67,13 @@ def ingest_lock(db_path: Path):
             raise IngestLocked(
                 f"another ingest is already running on {db_path} (pid {holder}); "
                 "this run did nothing. Try again when it has finished.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        except OSError:
+            pass  # the pid only names the holder to a second ingest; a full disk must not stop us here
         yield
     finally:
         handle.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -23,7 +24,7 @@ def _settings(db: str | None):
         raise click.ClickException(str(error)) from None
 
 
-def _open(settings, *, must_exist: bool):
+def _open(settings, *, must_exist: bool, readonly: bool = False):
     from .db import ExtensionError, connect, init_schema
 
     path = settings.db_path
@@ -32,7 +33,7 @@ def _open(settings, *, must_exist: bool):
             f"no database at {path}. Run `ragserver ingest SOURCE...` first "
             "(or point --db / RAGSERVER_DB at an existing one).")
     try:
-        conn = connect(path)
+        conn = connect(path, readonly=readonly)
         if must_exist and store.get_schema_version(conn) is None:
             conn.close()
             raise click.ClickException(f"{path} is not a ragserver database")
@@ -54,6 +55,29 @@ def _embedder(settings):
         return load_embedder(settings)
     except EmbedderError as error:
         raise click.ClickException(str(error)) from None
+
+
+@contextmanager
+def _writing(settings, what: str):
+    """Hold the ingest lock while writing; a held lock, an unwritable folder or a failed
+    write (disk full, read-only database) ends the command with a clear message."""
+    from ingest.pipeline import CannotWrite, IngestLocked, ingest_lock
+
+    from .db import database_errors
+
+    try:
+        with ingest_lock(settings.db_path):
+            yield
+    except IngestLocked as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_LOCKED)
+    except CannotWrite as error:
+        raise click.ClickException(str(error)) from None
+    except database_errors() as error:
+        # Writes are transactions: what committed before the failure is whole, the rest rolled back.
+        raise click.ClickException(
+            f"{what} stopped: {error}. The database is consistent (work committed before "
+            "the error is kept); fix the cause and run the same command again.") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,7 +114,7 @@ def ingest(sources, db, base_url, prune, quiet):
     Unchanged posts are not re-embedded. Exit status: 0 all read, 3 finished but some
     input was skipped (see warnings), 75 another ingest is running, 1 error.
     """
-    from ingest.pipeline import IngestLocked, Ingester, ingest_lock
+    from ingest.pipeline import Ingester
     from ingest.sources import SkipInput, Skipped, open_source
 
     settings = _settings(db)
@@ -103,24 +127,20 @@ def ingest(sources, db, base_url, prune, quiet):
         except SkipInput as skip:
             early_skips.append(Skipped(spec, str(skip).removeprefix(f"{spec}: ")))
             logging.getLogger("ragserver.ingest").warning("skipped %s", skip)
-    try:
-        with ingest_lock(settings.db_path):
-            embedder = _embedder(settings)
-            conn = _open(settings, must_exist=False)
-            bar = _Progress(quiet)
-            try:
-                ingester = Ingester(conn, embedder, commit_rows=settings.commit_rows,
-                                    on_event=bar.event, vector_index=settings.vector_index)
-                summary = ingester.run(opened, prune=prune)
-                in_use = store.vector_index(conn).kind
-            except store.ModelMismatchError as error:
-                raise click.ClickException(str(error)) from None
-            finally:
-                bar.close()
-                conn.close()
-    except IngestLocked as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(EXIT_LOCKED)
+    with _writing(settings, "ingest"):
+        embedder = _embedder(settings)
+        conn = _open(settings, must_exist=False)
+        bar = _Progress(quiet)
+        try:
+            ingester = Ingester(conn, embedder, commit_rows=settings.commit_rows,
+                                on_event=bar.event, vector_index=settings.vector_index)
+            summary = ingester.run(opened, prune=prune)
+            in_use = store.vector_index(conn).kind
+        except store.ModelMismatchError as error:
+            raise click.ClickException(str(error)) from None
+        finally:
+            bar.close()
+            conn.close()
     summary.skipped[:0] = early_skips
     if in_use != settings.vector_index:
         click.echo(f"note: {settings.db_path} keeps its {in_use} index although "
@@ -184,7 +204,7 @@ def search(query, db, number, as_json):
     if not query.strip():
         raise click.ClickException("the query is empty")
     settings = _settings(db)
-    conn = _open(settings, must_exist=True)
+    conn = _open(settings, must_exist=True, readonly=True)
     try:
         if store.count_index_rows(conn) == 0:
             click.echo(_empty_message(conn, settings), err=True)
@@ -222,7 +242,7 @@ def related_command(source, db, number, as_json):
     from .related import NotFound, related_posts
 
     settings = _settings(db)
-    conn = _open(settings, must_exist=True)
+    conn = _open(settings, must_exist=True, readonly=True)
     try:
         is_url = source.startswith(("http://", "https://"))
         post, similar = related_posts(conn, source=None if is_url else source,
@@ -258,7 +278,7 @@ def _empty_message(conn, settings) -> str:
 def stats(db, as_json):
     """Posts, passages, model and index size of the database."""
     settings = _settings(db)
-    conn = _open(settings, must_exist=True)
+    conn = _open(settings, must_exist=True, readonly=True)
     try:
         s = store.get_stats(conn)
     finally:
@@ -298,7 +318,7 @@ def reindex(db, quiet):
     differs from the database's, re-embed every passage with it first."""
     import time
 
-    from ingest.pipeline import IngestLocked, ingest_lock, rebuild_index, reembed_all
+    from ingest.pipeline import rebuild_index, reembed_all
 
     from . import related
 
@@ -307,7 +327,7 @@ def reindex(db, quiet):
     started = time.perf_counter()
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     try:
-        with ingest_lock(settings.db_path):
+        with _writing(settings, "reindex"):
             stored = store.get_model_info(conn)
             if stored is None:
                 click.echo("Nothing to index: the database has no posts yet.")
@@ -328,9 +348,6 @@ def reindex(db, quiet):
                 lists = related.refresh(conn)
                 click.echo(f"{settings.vector_index} index rebuilt: {count} vectors; related lists "
                            f"updated: {lists}; {time.perf_counter() - started:.1f}s")
-    except IngestLocked as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(EXIT_LOCKED)
     finally:
         conn.close()
 
@@ -351,7 +368,7 @@ def ask(question, db, number, as_json):
     if not question.strip():
         raise click.ClickException("the question is empty")
     settings = _settings(db)
-    conn = _open(settings, must_exist=True)
+    conn = _open(settings, must_exist=True, readonly=True)
     try:
         if store.count_index_rows(conn) == 0:
             raise click.ClickException(_empty_message(conn, settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
 import sys
 from contextlib import contextmanager
@@ -110,6 +111,17 @@ def _sqlite_module():
     return dbapi2
 
 
+def database_errors() -> tuple[type[BaseException], ...]:
+    """Exception classes for SQLite failures, of whichever sqlite module is in use."""
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        from pysqlite3 import dbapi2
+        errors.append(dbapi2.Error)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def _load_torch_first() -> None:
     """Import torch (if installed) before sqlite-vss enters the process.
 
@@ -132,12 +144,22 @@ def connect(path: str | Path, *, readonly: bool = False):
     module = _sqlite_module()
     path = Path(path)
     if readonly:
-        conn = module.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+        # On read-only media SQLite cannot create the -shm file a WAL database needs;
+        # nothing can change the file there, so it may be read as immutable.
+        mode = "ro" if os.access(path.parent, os.W_OK) else "ro&immutable=1"
+        conn = module.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None,
                               check_same_thread=False, timeout=30)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = module.connect(str(path), isolation_level=None, check_same_thread=False,
                               timeout=30)
+    try:
+        # Fail here with SQLite's own reason (not a database, unreadable, ...): loading
+        # the extensions below reads the file too and would blame sqlite-vss instead.
+        conn.execute("PRAGMA schema_version").fetchone()
+    except Exception:
+        conn.close()
+        raise
     try:
         conn.enable_load_extension(True)
         sqlite_vss.load(conn)

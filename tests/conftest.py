@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -98,3 +104,52 @@ def seeded_conn(seeded_db):
     conn = connect(seeded_db)
     yield conn
     conn.close()
+
+
+def procfile_command(port: int) -> list[str]:
+    """The Procfile's web: command, bound to 127.0.0.1:port, with the venv's gunicorn."""
+    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
+    args = shlex.split(line.removeprefix("web:"))
+    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+    args[0] = str(Path(sys.executable).parent / args[0])
+    return args
+
+
+@contextmanager
+def running_server(db: Path, log: Path, env: dict | None = None):
+    """gunicorn from the Procfile serving `db` on a free port; yields its base URL once a
+    search has answered (the first loads the embedding model); stopped on exit.
+
+    Rate limits are off unless `env` sets them: every test client is 127.0.0.1.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    full_env = {**os.environ, "RAGSERVER_DB": str(db), "RAGSERVER_SEARCH_RATE": "0",
+                "RAGSERVER_ASK_RATE": "0", **(env or {})}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(procfile_command(port), cwd=ROOT, env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"gunicorn exited:\n{log.read_text()}"
+            try:
+                urllib.request.urlopen(f"{url}/api/search?q=warm+up", timeout=60).close()
+                break
+            except urllib.error.HTTPError as error:
+                if error.code == 503:  # no posts yet: serving all the same
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no search answered in 60 s:\n{log.read_text()}"
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import ROOT
+from conftest import running_server
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SLOW = 60_000  # ms: the first question loads both models
-
-
-def procfile_command(port: int) -> list[str]:
-    """The Procfile's web: command, bound to 127.0.0.1:port, with the venv's gunicorn."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    args = shlex.split(line.removeprefix("web:"))
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
-    args[0] = str(Path(sys.executable).parent / args[0])
-    return args
 
 
 @pytest.fixture(scope="module")
@@ -40,35 +23,9 @@ def server_env() -> dict:
 @pytest.fixture(scope="module")
 def server(seeded_db, server_env, tmp_path_factory):
     """Base URL of a real gunicorn serving the seeded database, its search model loaded."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("gunicorn") / "server.log"
-    env = {**os.environ, "RAGSERVER_DB": str(seeded_db), "RAGSERVER_MAX_ANSWER_TOKENS": "120",
-           **server_env}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(procfile_command(port), cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"gunicorn exited:\n{log.read_text()}"
-            try:  # a search, not just /healthz: the first one loads the embedding model
-                urllib.request.urlopen(f"{url}/api/search?q=warm+up", timeout=SLOW / 1000)
-                break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no search answered in 60 s:\n{log.read_text()}"
-            time.sleep(0.3)
+    env = {"RAGSERVER_MAX_ANSWER_TOKENS": "120", **server_env}
+    with running_server(seeded_db, tmp_path_factory.mktemp("gunicorn") / "server.log", env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
-
-from conftest import CORPUS, copy_posts, ragserver
-from ragserver import store
-from ragserver.db import connect
+from conftest import CORPUS, ragserver
 
 
 def test_ingest_search_stats_roundtrip(tmp_path, posts_dir):
@@ -77,96 +67,6 @@ def test_ndjson_from_stdin(tmp_path):
     result = ragserver("ingest", "-", "--db", tmp_path / "s.db", "--quiet",
                        input="\n".join(lines) + "\nnot json\n")
     assert result.returncode == 3 and "5 added" in result.stdout and "stdin line 6" in result.stderr
-
-
-def _holds_lock(db) -> bool:
-    with open(str(db) + ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
-def _start_ingest(posts, db, **env):
-    return subprocess.Popen([sys.executable, "-m", "ragserver", "ingest", str(posts), "--db", str(db),
-                             "--quiet"], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def test_second_concurrent_ingest_exits_clearly(tmp_path):
-    posts = copy_posts(tmp_path / "posts", ["python", "sqlite", "datasette"])
-    db = tmp_path / "lock.db"
-    first = _start_ingest(posts, db)
-    try:
-        deadline = time.time() + 120
-        while not _holds_lock(db):
-            assert first.poll() is None and time.time() < deadline, "first ingest never took the lock"
-            time.sleep(0.05)
-        second = ragserver("ingest", posts, "--db", db)
-        assert second.returncode == 75
-        assert "another ingest is already running" in second.stderr
-        assert str(first.pid) in second.stderr
-    finally:
-        out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err
-    assert "posts: 68 added" in out
-
-
-def _snapshot(path):
-    conn = connect(path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        posts = conn.execute("SELECT source, title, url, content_hash FROM posts ORDER BY source").fetchall()
-        passages = conn.execute(
-            "SELECT o.source, p.position, p.anchor, p.text, p.content_hash, e.embedding "
-            "FROM passages p JOIN posts o ON o.id = p.post_id "
-            "JOIN embeddings e ON e.id = CAST(p.id AS TEXT) ORDER BY o.source, p.position").fetchall()
-        n = {"vectors": store.count_vectors(conn), "index": store.count_index_rows(conn),
-             "passages": len(passages),
-             "fts": conn.execute("SELECT count(*) FROM passages_fts").fetchone()[0]}
-        return posts, passages, n
-    finally:
-        conn.close()
-
-
-def test_killed_ingest_then_rerun_equals_clean_run(tmp_path):
-    posts = copy_posts(tmp_path / "posts", ["python", "sqlite"])
-    clean = tmp_path / "clean.db"
-    ragserver("ingest", posts, "--db", clean, "--quiet", check=True)
-
-    killed = tmp_path / "killed.db"
-    proc = _start_ingest(posts, killed, RAGSERVER_COMMIT_ROWS="40")
-    deadline = time.time() + 300
-    while True:  # wait until some batches are committed, then kill without warning
-        assert proc.poll() is None and time.time() < deadline, "ingest ended before it was killed"
-        if killed.exists():
-            try:
-                conn = connect(killed)
-                done = conn.execute("SELECT count(*) FROM posts").fetchone()[0]
-                conn.close()
-            except Exception:
-                done = 0
-            if done >= 10:
-                break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial_posts, _, partial = _snapshot(killed)
-    assert 10 <= len(partial_posts) < 58
-    assert partial["passages"] == partial["vectors"] == partial["index"] == partial["fts"]
-
-    rerun = ragserver("ingest", posts, "--db", killed, "--quiet", check=True)
-    assert f"{len(partial_posts)} unchanged" in rerun.stdout
-
-    clean_posts, clean_passages, clean_n = _snapshot(clean)
-    killed_posts, killed_passages, killed_n = _snapshot(killed)
-    assert killed_posts == clean_posts
-    assert killed_n == clean_n
-    assert [row[:5] for row in killed_passages] == [row[:5] for row in clean_passages]
-    for a, b in zip(killed_passages, clean_passages):
-        assert np.allclose(np.frombuffer(a[5], "<f4"), np.frombuffer(b[5], "<f4"), atol=1e-4)
 
 
 QUICK = {"RAGSERVER_MAX_ANSWER_TOKENS": "40"}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from urllib.parse import unquote_to_bytes
 
 from flask import abort, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from ..db import ExtensionError
+from ..db import ExtensionError, database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
 
@@ -19,21 +18,11 @@ MESSAGES = {
 }
 
 
-def _database_errors() -> tuple[type, ...]:
-    errors: list[type] = [sqlite3.Error, ExtensionError]
-    try:
-        from pysqlite3 import dbapi2
-        errors.append(dbapi2.Error)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 def register(app) -> None:
     """Install the error handlers on the app."""
     app.before_request(refuse_undecodable)
     app.register_error_handler(HTTPException, _http_error)
-    for error in _database_errors():
+    for error in (*database_errors(), ExtensionError):
         app.register_error_handler(error, _unavailable("The posts cannot be read right now"))
     app.register_error_handler(EmbedderError, _unavailable("The search model cannot be loaded"))
     app.register_error_handler(LLMError, _unavailable("The answer model cannot be loaded"))
