@@ -12,12 +12,13 @@ from markupsafe import escape
 
 from ..answer import Event, answer
 from ..render import highlight_citations, render_markdown
-from .limits import check_queue, check_rate
+from .limits import check_rate, take_place
 from .services import Turn, services
 
 bp = Blueprint("chat", __name__)
 
 MAX_QUESTION_CHARS = 2000
+ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up its place
 
 
 class BadQuestion(ValueError):
@@ -102,9 +103,13 @@ def ask_form():
                                turns=services().conversations.turns(cid),
                                render=_render_turn_answer), 400
     svc = services()
-    check_queue(svc.gate)
     check_rate(svc.ask_limit, "questions")
+    # A page that posted a question but never opened its stream must not hold a place.
+    for abandoned in svc.conversations.unstarted(seconds=ABANDONED_SECONDS):
+        abandoned.place.give_back()
+    place = take_place(svc.gate)
     turn = svc.conversations.add(cid, question)
+    turn.place = place
     if request.htmx:
         return render_template("chat/_turn.html", turn=turn, streaming=True,
                                render=_render_turn_answer)
@@ -116,6 +121,7 @@ def ask_form():
 
 def _run_turn(cid: str, turn: Turn):
     """Run a turn's answer, keeping the turn up to date; yields the events."""
+    turn.started = True
     history = services().conversations.history(cid, turn)
     try:
         for event in _events(turn.question, history, turn.stop):
@@ -131,6 +137,8 @@ def _run_turn(cid: str, turn: Turn):
     finally:
         if turn.state == "pending":  # the client went away mid-answer
             turn.state = "stopped"
+        if turn.place:
+            turn.place.give_back()
 
 
 @bp.get("/chat/stream/<turn_id>")
@@ -194,14 +202,19 @@ def api_ask():
     if not isinstance(history, list):
         return jsonify(error="history must be a list of {role, content} objects"), 400
     svc = services()
-    check_queue(svc.gate)
     check_rate(svc.ask_limit, "questions")
+    place = take_place(svc.gate)
 
     def generate():
-        for event in _events(question, history):
-            data = {"text": event.data} if event.kind == "token" else event.data
-            if event.kind == "sources":
-                data = {"sources": event.data}
-            yield sse(event.kind, json.dumps(data, ensure_ascii=False))
+        try:
+            for event in _events(question, history):
+                data = {"text": event.data} if event.kind == "token" else event.data
+                if event.kind == "sources":
+                    data = {"sources": event.data}
+                yield sse(event.kind, json.dumps(data, ensure_ascii=False))
+        finally:
+            place.give_back()
 
-    return event_stream(generate())
+    response = event_stream(generate())
+    response.call_on_close(place.give_back)  # also when the stream never started
+    return response

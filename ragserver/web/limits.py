@@ -62,10 +62,13 @@ def check_rate(limit: RateLimit, noun: str) -> None:
                               "seconds and try again.", retry_after=int(seconds))
 
 
-def check_queue(gate) -> None:
-    """HTTP 429 with Retry-After when the model's queue is full."""
-    if gate.full:
+def take_place(gate):
+    """A Place for one question at the model, or HTTP 429 with Retry-After when the
+    model's queue is full. The caller gives the place back when the answer ends."""
+    place = gate.admit()
+    if place is None:
         seconds = retry_after(gate.expected_wait())
-        raise TooManyRequests(f"The model is busy: {gate.waiting} question(s) are waiting "
+        raise TooManyRequests(f"The model is busy: {gate.admitted - 1} question(s) are waiting "
                               f"already. Please try again in {seconds} seconds.",
                               retry_after=int(seconds))
+    return place

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from flask import current_app
 from ..config import Settings
 from ..db import Reader
 from ..embedder import CachedQueries
-from ..llm import Gate, load_chat_model
+from ..llm import Gate, Place, load_chat_model
 from .limits import RateLimit
 
 
@@ -28,6 +29,8 @@ class Turn:
     state: str = "pending"  # pending, done, stopped, error
     error: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
+    place: Place | None = None  # at the model, from the form post until the answer ends
+    started: bool = False  # its stream (or the no-JavaScript answer) has begun
 
 
 class Conversations:
@@ -61,6 +64,14 @@ class Conversations:
         """(conversation id, turn) for a turn id."""
         with self._lock:
             return self._turns.get(turn_id)
+
+    def unstarted(self, seconds: float) -> list[Turn]:
+        """Turns holding a place whose stream has not begun for `seconds` (never opened)."""
+        now = time.monotonic()
+        with self._lock:
+            return [turn for _, turn in self._turns.values()
+                    if turn.place and turn.place.taken and not turn.started
+                    and now - turn.place.since > seconds]
 
     def history(self, cid: str, before: Turn) -> list[dict]:
         """Earlier finished turns as chat messages, for follow-up questions."""
