@@ -93,7 +93,12 @@ def retrieve_for(conn, embedder: Embedder, question: str, history: list[dict], k
 
 
 def _source_block(source: Source) -> str:
-    return f'<source id="{source.n}" title="{source.title}">\n{source.text}\n</source>'
+    # A post must not be able to close its <source> and write outside it, where its words
+    # would look like the question or the instructions.
+    title = source.title.replace('"', "'").replace("<", "‹").replace(">", "›")
+    text = re.sub(r"</?\s*source\b", lambda m: m.group(0).replace("<", "‹"), source.text,
+                  flags=re.IGNORECASE)
+    return f'<source id="{source.n}" title="{title}">\n{text}\n</source>'
 
 
 def build_messages(question: str, history: list[dict], sources: list[Source], model: ChatModel,

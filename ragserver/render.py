@@ -18,7 +18,9 @@ def _validate_link(url: str) -> bool:
     return bool(_SAFE_LINK.match(url)) or url == ""
 
 
-_md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+# No images: an answer (or a post quoted in it) must not make the reader's browser fetch
+# anything by itself; ![alt](url) stays text.
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table").disable("image")
 _md.validateLink = _validate_link
 
 
