@@ -215,7 +215,7 @@ def split_front_matter(text: str) -> tuple[dict, str]:
             import yaml
 
             try:
-                meta = yaml.safe_load("\n".join(lines[1:index])) or {}
+                meta = yaml.load("\n".join(lines[1:index]), Loader=_front_matter_loader()) or {}
             except yaml.YAMLError as error:
                 mark = getattr(error, "problem_mark", None)
                 where = f" at line {mark.line + 2}" if mark else ""
@@ -229,6 +229,22 @@ def split_front_matter(text: str) -> tuple[dict, str]:
                 raise SkipInput("malformed front matter: expected key: value pairs")
             return meta, "\n".join(lines[index + 1:])
     raise SkipInput("malformed front matter: no closing --- line")
+
+
+def _front_matter_loader():
+    """yaml.SafeLoader without aliases: front matter never needs them, and nested aliases
+    ("billion laughs") expand to gigabytes when a title or tags are turned into text."""
+    import yaml
+
+    class FrontMatterLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+
+    return FrontMatterLoader
 
 
 def _as_date(value) -> str | None:

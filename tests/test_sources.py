@@ -17,7 +17,7 @@ from markdown_it import MarkdownIt
 
 from conftest import CORPUS
 from ingest.sources import (Document, SkipInput, Skipped, open_source, parse_markdown,
-                            read_ndjson)
+                            read_ndjson, split_front_matter)
 
 WAL = CORPUS / "sqlite" / "enabling-wal-mode.md"
 CTE = CORPUS / "sqlite" / "simple-recursive-cte.md"
@@ -208,3 +208,12 @@ def test_markdown_html_block_and_entities():
     doc = parse_markdown("# T\n\n<div class='note'>Raw <b>HTML</b> note</div>\n\nA &amp; B\n",
                          source="t.md")
     assert [b.text for b in doc.blocks] == ["Raw HTML note", "A & B"]
+
+
+def test_front_matter_aliases_are_refused_not_expanded():
+    """Nested YAML aliases would expand to gigabytes when a title becomes text."""
+    bomb = ("---\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "title: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n---\nBody text.\n")
+    with pytest.raises(SkipInput, match="aliases .* are not allowed"):
+        split_front_matter(bomb)
