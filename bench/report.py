@@ -2,7 +2,7 @@
 
     python bench/report.py [--quick] [NAME ...]      # ./run bench does this
 
-NAME picks some of the benchmarks (ingest, search, index, generation, serving); --quick
+NAME picks some of the benchmarks (ingest, search, index, generation, serving, load); --quick
 runs fewer repeats on less data, to check the benchmarks themselves.
 """
 
@@ -20,7 +20,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from common import ROOT, machine  # noqa: E402
 
-BENCHMARKS = ["ingest", "search", "index", "generation", "serving"]
+BENCHMARKS = ["ingest", "search", "index", "generation", "serving", "load"]
+MODULES = {"load": "load_test"}  # also run alone: python bench/load_test.py
 RESULTS = HERE / "results.json"
 OUT = ROOT / "docs" / "benchmarks.md"
 
@@ -36,7 +37,7 @@ def main() -> None:
         parser.error(f"no benchmark {', '.join(sorted(unknown))}; there are {', '.join(BENCHMARKS)}")
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for name in args.names or BENCHMARKS:
-        module = importlib.import_module(f"bench_{name}")
+        module = importlib.import_module(MODULES.get(name, f"bench_{name}"))
         print(f"== {name}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         section = module.run(args.quick)
