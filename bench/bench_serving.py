@@ -15,10 +15,10 @@ torch to one thread.
 
 Memory. RSS (psutil) of the worker, the master's child: after start (`/healthz`
 answered), after the first search (embedding model loaded), after the first answer
-(answer model loaded), then after bursts of 1, 4 and 8 searches sent at once (each
-gthread thread that serves a search opens its own SQLite connection, into which
-sqlite-vss loads its own copy of the index; the worker's connections to the database are
-counted from its open files). On the small database and on bench_search's 20,000-passage
+(answer model loaded), then after bursts of 1, 4 and 8 searches sent at once (the
+worker's threads share at most two read connections, and sqlite-vss loads its own copy
+of the index into each; the worker's connections to the database are counted from its
+open files). On the small database and on bench_search's 20,000-passage
 (quick) or 200,000-passage (full) one; min / median / max over 1 (quick) or 3 server
 starts.
 """
@@ -284,7 +284,8 @@ def memory_line(found: list[dict], db: Path) -> str:
     last = BURSTS[-1]
     per_thread = sorted((f[f"after {last}"] - f["after 1"]) / (last - 1) for f in found)
     opened = ", ".join(str(found[0][f"connections {n}"]) for n in BURSTS)
-    return (f"Each extra search thread adds {per_thread[len(per_thread) // 2]:.0f} MB "
+    return (f"Each search of a burst of {last} beyond the first adds "
+            f"{per_thread[len(per_thread) // 2]:.0f} MB "
             f"(median over starts; the sqlite-vss index is {index_mb:.0f} MB on disk). "
             f"Connections to the database held by the worker after bursts of "
             f"{', '.join(map(str, BURSTS))}: {opened}.")

@@ -143,11 +143,19 @@ def answer(question: str, history, *, conn, embedder: Embedder, model: ChatModel
            k: int = 6, min_score: float = 0.4, max_answer_tokens: int = 384,
            queue_timeout: float = 120, should_stop: Callable[[], bool] = lambda: False,
            ) -> Iterator[Event]:
-    """Retrieve, then stream an answer. Closing the iterator stops generation and frees the model."""
+    """Retrieve, then stream an answer. Closing the iterator stops generation and frees the model.
+
+    `conn` is an open connection, or a function that lends one as a context manager
+    (the web server's shared connections): it is held only while retrieving.
+    """
     started = time.perf_counter()
     history = clean_history(history)
     try:
-        hits = retrieve_for(conn, embedder, question, history, k)
+        if hasattr(conn, "execute"):
+            hits = retrieve_for(conn, embedder, question, history, k)
+        else:
+            with conn() as lent:
+                hits = retrieve_for(lent, embedder, question, history, k)
     except store.ModelMismatchError as error:
         yield Event("error", {"message": str(error)})
         return

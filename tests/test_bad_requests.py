@@ -106,8 +106,7 @@ def test_no_web_request_changes_the_database(seeded_db, embedder, chat_model, tm
         assert client.get(path).status_code in (200, 404)
     assert b"event: done" in client.post("/api/ask", json={"question": "What is WAL mode?"}).data
     assert client.post("/chat", data={"question": "What is WAL mode?"}).status_code == 303
-    services = app.extensions["ragserver"]
-    conn = services.connection()
-    with pytest.raises(Exception, match="readonly"):
-        conn.execute("DELETE FROM posts")
+    with app.extensions["ragserver"].reading() as conn:
+        with pytest.raises(Exception, match="readonly"):
+            conn.execute("DELETE FROM posts")
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from ragserver import create_app
 from ragserver.render import highlight
+from ragserver.web.services import READERS
 
 
 @pytest.fixture
@@ -76,3 +79,25 @@ def test_more_passages_per_post_on_request(client):
         assert all(m["score"] <= result["score"] for m in result["more"])
         assert all({"anchor", "headings", "snippet", "score"} == set(m) for m in result["more"])
     assert client.get("/api/search?q=wal&more=6").status_code == 400
+
+
+def test_concurrent_searches_share_a_few_read_connections(seeded_db, embedder):
+    """Eight threads searching at once use at most READERS connections (each sqlite-vss
+    connection holds its own copy of the index), and every search succeeds."""
+    app = create_app({"db": str(seeded_db), "search_rate": 0}, embedder=embedder)
+    statuses = []
+
+    def searcher(word):
+        client = app.test_client()
+        for _ in range(5):
+            statuses.append(client.get(f"/api/search?q={word}").status_code)
+
+    threads = [threading.Thread(target=searcher, args=(w,)) for w in
+               ("wal", "uv", "python", "sqlite", "json", "vacuum", "fts5", "pytest")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 40
+    services = app.extensions["ragserver"]
+    assert 1 <= services._idle.qsize() <= READERS

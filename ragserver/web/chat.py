@@ -9,8 +9,12 @@ import secrets
 from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
                    stream_with_context, url_for)
 from markupsafe import escape
+from werkzeug.exceptions import HTTPException
 
 from ..answer import Event, answer
+from ..db import database_errors
+from ..embedder import EmbedderError
+from ..llm import LLMError
 from ..render import highlight_citations, render_markdown
 from .limits import check_rate, take_place
 from .services import Turn, services
@@ -61,17 +65,18 @@ def _events(question: str, history: list[dict], stop=None):
                                          "`ragserver ingest SOURCE...` first."})
         return
     try:
-        conn = svc.connection()
         embedder = svc.embedder()
         model = svc.llm()
-    except Exception as error:  # a missing model or database: tell the user, not a traceback
-        yield Event("error", {"message": str(error)})
-        return
-    yield from answer(question, history, conn=conn, embedder=embedder, model=model,
-                      gate=svc.gate, k=settings.retrieve_k, min_score=settings.min_score,
-                      max_answer_tokens=settings.max_answer_tokens,
-                      queue_timeout=settings.queue_timeout,
-                      should_stop=stop.is_set if stop else (lambda: False))
+        yield from answer(question, history, conn=svc.reading, embedder=embedder, model=model,
+                          gate=svc.gate, k=settings.retrieve_k, min_score=settings.min_score,
+                          max_answer_tokens=settings.max_answer_tokens,
+                          queue_timeout=settings.queue_timeout,
+                          should_stop=stop.is_set if stop else (lambda: False))
+    except (HTTPException, *database_errors(), EmbedderError, LLMError) as error:
+        # A missing model, an unreadable database, no connection free: say so in the
+        # answer, not as a broken stream. (Generation errors arrive as events already.)
+        message = error.description if isinstance(error, HTTPException) else str(error)
+        yield Event("error", {"message": message})
 
 
 # -- the page ---------------------------------------------------------------

@@ -67,8 +67,10 @@ def _no_posts() -> bool:
 
 def _search(query: str, n: int, mode: str, offset: int = 0, per_post: int = 1):
     svc = services()
-    return search_posts(svc.connection(), svc.embedder(), query, n, mode=mode, offset=offset,
-                        per_post=per_post)
+    embedder = svc.embedder()
+    with svc.reading() as conn:
+        return search_posts(conn, embedder, query, n, mode=mode, offset=offset,
+                            per_post=per_post)
 
 
 def _result(hit, query: str) -> dict:
@@ -131,8 +133,8 @@ def _related():
         check_rate(services().search_limit, "requests")
         if _no_posts():
             raise NotFound("no posts have been ingested yet")
-        post, similar = related_posts(services().connection(), source=source or None,
-                                      url=url or None, n=n)
+        with services().reading() as conn:
+            post, similar = related_posts(conn, source=source or None, url=url or None, n=n)
     except (BadParameter, NotFound) as error:
         return None, [], str(error), 404 if isinstance(error, NotFound) else 400
     return post, similar, None, 200

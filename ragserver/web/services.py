@@ -1,23 +1,32 @@
-"""What the views share: lazily loaded models, the model gate, per-thread readers, chats.
+"""What the views share: lazily loaded models, the model gate, a few read connections, chats.
 
 Everything loads on first use, inside the worker process (after gunicorn forks).
 """
 
 from __future__ import annotations
 
+import queue
 import secrets
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from flask import current_app
+from werkzeug.exceptions import ServiceUnavailable
 
 from ..config import Settings
-from ..db import Reader
+from ..db import Reader, database_errors
 from ..embedder import CachedQueries
 from ..llm import Gate, Place, load_chat_model
 from .limits import RateLimit
+
+
+# Read connections open at once: searches are CPU-bound (two cores here), so more would
+# only queue elsewhere, and each sqlite-vss connection holds its own copy of the index.
+READERS = 2
+READER_WAIT = 30  # seconds a request waits for a connection before a 503
 
 
 @dataclass
@@ -93,7 +102,8 @@ class Services:
         self._embedder = embedder
         self._llm = llm
         self._load_lock = threading.Lock()
-        self._local = threading.local()
+        self._idle: queue.LifoQueue[Reader] = queue.LifoQueue()
+        self._lendable = threading.BoundedSemaphore(READERS)
         self.gate = Gate(settings.max_waiting)
         self.conversations = Conversations()
         self.ask_limit = RateLimit(settings.ask_rate)
@@ -127,15 +137,34 @@ class Services:
         """Whether the answering model's weights are in memory yet."""
         return bool(getattr(self._llm, "loaded", False))
 
-    def connection(self):
-        """This thread's read-only connection, reopened when the vector index changed.
+    @contextmanager
+    def reading(self):
+        """Lend one of READERS read-only connections for the duration of the block.
 
         Read-only: nothing a web request does can change the posts (the CLI writes).
+        Shared, not one per thread: each sqlite-vss connection loads the whole index
+        into memory (about 300 MB at 200k passages). A connection is reopened when the
+        vector index changed since it was last lent (see Reader).
         """
-        reader = getattr(self._local, "reader", None)
-        if reader is None:
-            reader = self._local.reader = Reader(self.settings.db_path, readonly=True)
-        return reader.connection()
+        if not self._lendable.acquire(timeout=READER_WAIT):
+            raise ServiceUnavailable("The server is too busy to search right now; "
+                                     "please try again shortly.", retry_after=5)
+        reader = None
+        try:
+            try:
+                reader = self._idle.get_nowait()
+            except queue.Empty:
+                reader = Reader(self.settings.db_path, readonly=True)
+            yield reader.connection()
+        except database_errors():
+            if reader is not None:  # a database replaced or damaged under it: open afresh
+                reader.close()
+                reader = None
+            raise
+        finally:
+            if reader is not None:
+                self._idle.put(reader)
+            self._lendable.release()
 
 
 def services() -> Services:
