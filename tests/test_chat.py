@@ -183,3 +183,28 @@ def test_chat_page_fills_in_a_question_from_q(client):
     page = client.get("/?q=How+do+I+use+%3Cb%3EWAL%3C/b%3E%3F").get_data(as_text=True)
     assert "autofocus>How do I use &lt;b&gt;WAL&lt;/b&gt;?</textarea>" in page
     assert "autofocus" not in client.get("/").get_data(as_text=True)
+
+
+def test_a_second_stream_of_a_turn_waits_for_the_first_instead_of_answering_again(app):
+    """An EventSource that reconnects before the server noticed its first connection
+    drop (or a second window) gets the finished answer; the model answers once."""
+    server = _serve(app)
+    try:
+        turn = app.test_client().post("/chat", data={"question": WAL_QUESTION, "c": "twice"},
+                                      headers={"HX-Request": "true"})
+        path = re.search(r'sse-connect="([^"]+)"', turn.get_data(as_text=True)).group(1)
+        first = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=120)
+        first.request("GET", path)
+        first_body = first.getresponse()
+        while not first_body.readline().startswith(b"event: token"):
+            pass
+        second = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=120)
+        second.request("GET", path)
+        second_events = parse_sse(second.getresponse().read().decode())
+        first_events = parse_sse("event: token\n" + first_body.read().decode())
+        kinds = [name for name, _ in second_events]
+        assert "token" not in kinds and kinds[-3:] == ["answer", "sources", "end"]
+        assert dict(second_events)["answer"] == dict(first_events)["answer"]
+        assert app.extensions["ragserver"].gate.admitted == 0
+    finally:
+        server.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 
 from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
                    stream_with_context, url_for)
@@ -119,14 +120,14 @@ def ask_form():
         return render_template("chat/_turn.html", turn=turn, streaming=True,
                                render=_render_turn_answer)
     # Without JavaScript: answer in full, then show the conversation.
+    svc.conversations.claim(turn)
     for _ in _run_turn(cid, turn):
         pass
     return redirect(url_for("chat.index", c=cid, _anchor=f"turn-{turn.id}"), code=303)
 
 
 def _run_turn(cid: str, turn: Turn):
-    """Run a turn's answer, keeping the turn up to date; yields the events."""
-    turn.started = True
+    """Run a claimed turn's answer, keeping the turn up to date; yields the events."""
     history = services().conversations.history(cid, turn)
     try:
         for event in _events(turn.question, history, turn.stop):
@@ -153,13 +154,24 @@ def stream_turn(turn_id: str):
     if found is None:
         abort(404)
     cid, turn = found
-    if turn.state != "pending":
-        # A reconnect after the answer finished: send the result and close again.
-        def finished():
-            yield sse("answer", str(_render_turn_answer(turn)))
-            yield sse("sources", render_template("chat/_sources.html", turn=turn))
-            yield sse("end", "")
+
+    def finished():
+        yield sse("answer", str(_render_turn_answer(turn)))
+        yield sse("sources", render_template("chat/_sources.html", turn=turn))
+        yield sse("end", "")
+
+    if turn.state != "pending":  # a reconnect after the answer finished: the result
         return event_stream(finished())
+    if not services().conversations.claim(turn):
+        # Another stream is answering (a reconnect before the server noticed the first
+        # connection drop, or a second window): wait for it rather than answer twice.
+        def after_the_other():
+            while turn.state == "pending":
+                yield sse("status", "Answering…")  # a write each second: notices a client that left
+                time.sleep(1)
+            yield from finished()
+        return event_stream(after_the_other())
+
     def generate():
         for event in _run_turn(cid, turn):
             if event.kind == "queued":

@@ -39,7 +39,7 @@ class Turn:
     error: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
     place: Place | None = None  # at the model, from the form post until the answer ends
-    started: bool = False  # its stream (or the no-JavaScript answer) has begun
+    started: bool = False  # claimed by its stream (or the no-JavaScript answer)
 
 
 class Conversations:
@@ -73,6 +73,14 @@ class Conversations:
         """(conversation id, turn) for a turn id."""
         with self._lock:
             return self._turns.get(turn_id)
+
+    def claim(self, turn: Turn) -> bool:
+        """Mark the turn as being answered; False if something already answers it."""
+        with self._lock:
+            if turn.started:
+                return False
+            turn.started = True
+            return True
 
     def unstarted(self, seconds: float) -> list[Turn]:
         """Turns holding a place whose stream has not begun for `seconds` (never opened)."""
