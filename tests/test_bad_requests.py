@@ -110,3 +110,16 @@ def test_no_web_request_changes_the_database(seeded_db, embedder, chat_model, tm
         with pytest.raises(Exception, match="readonly"):
             conn.execute("DELETE FROM posts")
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_an_unexpected_error_is_a_500_with_a_message_and_logged(seeded_db, caplog):
+    app = create_app({"db": str(seeded_db)})
+    app.add_url_rule("/api/broken", "api_broken", lambda: 1 / 0)
+    app.add_url_rule("/broken", "broken", lambda: 1 / 0)
+    client = app.test_client()
+    api = client.get("/api/broken")
+    assert api.status_code == 500 and "has been logged" in api.get_json()["error"]
+    page = client.get("/broken")
+    assert page.status_code == 500 and b"has been logged" in page.data
+    assert b"ZeroDivisionError" not in page.data and b"Traceback" not in page.data
+    assert "ZeroDivisionError" in caplog.text

@@ -24,6 +24,7 @@ bp = Blueprint("chat", __name__)
 
 MAX_QUESTION_CHARS = 2000
 ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up its place
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, CR and LF are fine
 
 
 class BadQuestion(ValueError):
@@ -40,9 +41,6 @@ def check_question(value, noun: str = "question") -> str:
     if _CONTROL.search(value):
         raise BadQuestion(f"The {noun} contains control characters.")
     return value.strip()
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def sse(event: str, data: str) -> str:

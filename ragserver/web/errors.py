@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes
 
-from flask import abort, jsonify, render_template, request
+from flask import abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 from ..db import ExtensionError, database_errors
@@ -57,16 +57,11 @@ def error_response(message: str, status: int, headers=None):
     """`message` as JSON under /api/ (and for JSON clients), else as an HTML page or fragment."""
     if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
         response = jsonify(error=message)
-    elif getattr(request, "htmx", False):
-        response = app_fragment(message)
+    elif getattr(request, "htmx", False):  # the fragment htmx swaps into the page
+        response = render_template("chat/_error.html", message=message)
     else:
         response = render_template("error.html", message=message, status=status)
     return response, status, headers or {}
-
-
-def app_fragment(message: str):
-    """The error as the small fragment htmx swaps into the page."""
-    return render_template("chat/_error.html", message=message)
 
 
 def _http_error(error: HTTPException):
@@ -76,8 +71,6 @@ def _http_error(error: HTTPException):
 
 def _unavailable(what: str):
     def handler(error: Exception):
-        from flask import current_app
-
         current_app.logger.error("%s: %s", what, error)
         # Retry-After: a missing model or a database being replaced is the operator's to fix;
         # clients should not hammer the server meanwhile.
@@ -86,8 +79,6 @@ def _unavailable(what: str):
 
 
 def _unexpected(error: Exception):
-    from flask import current_app
-
     current_app.logger.exception("unexpected error on %s %s", request.method, request.path)
     return error_response("Something went wrong on the server; the error has been logged.",
                           InternalServerError.code)
