@@ -110,6 +110,11 @@ class Settings:
         return Path(self.instance_path).expanduser() / "ragserver.db"
 
     @property
+    def origins(self) -> tuple[str, ...]:
+        """RAGSERVER_ALLOWED_ORIGINS as a list of origins, without trailing slashes."""
+        return tuple(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
     def prefixes(self) -> tuple[str, str]:
         """(query prefix, passage prefix), with the E5 defaults filled in."""
         default = E5_PREFIXES if is_e5_model(self.embedding_model) else ("", "")

@@ -48,9 +48,9 @@ class RateLimit:
             del self._buckets[key]
 
 
-def retry_after(seconds: float) -> str:
-    """A Retry-After header value: whole seconds, at least 1."""
-    return str(max(1, math.ceil(seconds)))
+def retry_after(seconds: float) -> int:
+    """A Retry-After value: whole seconds, at least 1."""
+    return max(1, math.ceil(seconds))
 
 
 def check_rate(limit: RateLimit, noun: str) -> None:
@@ -59,7 +59,7 @@ def check_rate(limit: RateLimit, noun: str) -> None:
     if wait:
         seconds = retry_after(wait)
         raise TooManyRequests(f"Too many {noun} from your address: please wait {seconds} "
-                              "seconds and try again.", retry_after=int(seconds))
+                              "seconds and try again.", retry_after=seconds)
 
 
 def take_place(gate):
@@ -70,5 +70,5 @@ def take_place(gate):
         seconds = retry_after(gate.expected_wait())
         raise TooManyRequests(f"The model is busy: {gate.admitted - 1} question(s) are waiting "
                               f"already. Please try again in {seconds} seconds.",
-                              retry_after=int(seconds))
+                              retry_after=seconds)
     return place

@@ -12,9 +12,8 @@ POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'sel
           "frame-ancestors {ancestors}")
 
 
-def content_security_policy(allowed_origins: str) -> str:
+def content_security_policy(origins) -> str:
     """The policy; the blog's origins may frame the pages (say, the chat in an iframe)."""
-    origins = [o.strip().rstrip("/") for o in allowed_origins.split(",") if o.strip()]
     return POLICY.format(ancestors=" ".join(["'self'", *origins]))
 
 
@@ -22,7 +21,7 @@ def add_security_headers(response):
     """CSP, no MIME sniffing, and no full URLs (with search queries) sent to other sites."""
     settings = current_app.config["RAGSERVER"]
     response.headers.setdefault("Content-Security-Policy",
-                                content_security_policy(settings.allowed_origins))
+                                content_security_policy(settings.origins))
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
     return response

@@ -23,9 +23,7 @@ MAX_PAGE = 10  # search looks at the best 100 passages: deeper pages would be em
 
 def _allowed_origin() -> str | None:
     origin = request.headers.get("Origin", "")
-    allowed = {o.strip().rstrip("/") for o in services().settings.allowed_origins.split(",")
-               if o.strip()}
-    return origin if origin and origin.rstrip("/") in allowed else None
+    return origin if origin and origin.rstrip("/") in services().settings.origins else None
 
 
 @bp.after_request
