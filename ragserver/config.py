@@ -38,6 +38,10 @@ class Settings:
         "RAGSERVER_PASSAGE_PREFIX", None,
         "Text put before every passage when embedding it "
         "(default: 'passage: ' for E5-family models, else empty).")
+    embed_threads: int = _setting(
+        "RAGSERVER_EMBED_THREADS", 0,
+        "torch threads for embedding in commands: ingest, reindex, search, ask (0: one per "
+        "two cores; the web server embeds each query on one thread).")
     embed_batch_size: int = _setting(
         "RAGSERVER_EMBED_BATCH_SIZE", 32,
         "Passages per call to the embedding model.")
@@ -67,7 +71,19 @@ class Settings:
         "Context window in tokens: prompt plus answer.")
     llm_threads: int = _setting(
         "RAGSERVER_LLM_THREADS", 0,
-        "CPU threads for the local model (0: llama.cpp's default).")
+        "CPU threads the local model generates with (0: one per two cores, at least one; "
+        "see docs/benchmarks.md).")
+    llm_batch_threads: int = _setting(
+        "RAGSERVER_LLM_BATCH_THREADS", 0,
+        "CPU threads the local model reads the prompt with (0: as RAGSERVER_LLM_THREADS).")
+    llm_timeout: int = _setting(
+        "RAGSERVER_LLM_TIMEOUT", 120,
+        "Seconds the local model may go without output (loading, reading the prompt, "
+        "between tokens) before its process is killed and restarted.")
+    llm_max_memory_mb: int = _setting(
+        "RAGSERVER_LLM_MAX_MEMORY_MB", 0,
+        "Memory the local model's process may use before it is killed and restarted "
+        "(0: twice the model file plus 1 GB).")
     max_answer_tokens: int = _setting(
         "RAGSERVER_MAX_ANSWER_TOKENS", 384,
         "Longest answer, in tokens.")
@@ -115,6 +131,17 @@ class Settings:
         return tuple(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
 
     @property
+    def llm_thread_counts(self) -> tuple[int, int]:
+        """(threads generating, threads reading the prompt) for the local model."""
+        threads = self.llm_threads or default_threads()
+        return threads, self.llm_batch_threads or threads
+
+    @property
+    def embed_thread_count(self) -> int:
+        """torch threads for embedding in commands."""
+        return self.embed_threads or default_threads()
+
+    @property
     def prefixes(self) -> tuple[str, str]:
         """(query prefix, passage prefix), with the E5 defaults filled in."""
         default = E5_PREFIXES if is_e5_model(self.embedding_model) else ("", "")
@@ -127,6 +154,21 @@ def is_e5_model(name: str) -> bool:
     """True for E5-family embedding models (e5-small-v2, multilingual-e5-base, ...)."""
     base = Path(name.rstrip("/")).name if os.sep in name else name.split("/")[-1]
     return re.search(r"(^|[-_])e5([-_]|$)", base.lower()) is not None
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp when none are set: half the cores this process may use.
+
+    llama.cpp's threads wait for each other at every step, spinning: when one of them
+    shares its core with anything else (the embedder, a search, the cron ingest), all of
+    them wait. On two cores beside a busy neighbour, two threads generated TODO-MEASURE
+    (docs/benchmarks.md, bench/bench_threads.py); leaving half the cores to the rest of the server keeps the model's own.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 def default_instance_path() -> str:

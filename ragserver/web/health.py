@@ -50,4 +50,4 @@ def _llm_status(settings) -> tuple[dict, bool]:
         path = resolve_gguf(settings.llm_model)
     except LLMError as error:
         return {**status, "backend": "local", "error": str(error)}, False
-    return {**status, "backend": "local", "model": path.name, "loaded": svc.llm_loaded()}, True
+    return {**status, "backend": "local", "model": path.name, **svc.llm_status()}, True

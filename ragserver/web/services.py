@@ -135,15 +135,18 @@ class Services:
             return self._embedder
 
     def llm(self):
-        """The answering model, created on first use (its weights load on first question)."""
+        """The answering model, created on first use (its process starts on first question)."""
         with self._load_lock:
             if self._llm is None:
                 self._llm = load_chat_model(self.settings)
             return self._llm
 
-    def llm_loaded(self) -> bool:
-        """Whether the answering model's weights are in memory yet."""
-        return bool(getattr(self._llm, "loaded", False))
+    def llm_status(self) -> dict:
+        """Whether the answering model is loaded, and its process's state when it has one."""
+        status = {"loaded": bool(getattr(self._llm, "loaded", False))}
+        if hasattr(self._llm, "status"):
+            status.update(self._llm.status())
+        return status
 
     @contextmanager
     def reading(self):
