@@ -40,9 +40,10 @@ TOPIC = "sqlite"
 RAW_SCRIPT = r"""
 import json, sys, time
 from llama_cpp import Llama
-path, (context, threads, max_tokens) = sys.argv[1], map(int, sys.argv[2:])
+path, (context, threads, batch_threads, max_tokens) = sys.argv[1], map(int, sys.argv[2:])
 messages = json.loads(sys.stdin.read())
-llama = Llama(model_path=path, n_ctx=context, n_threads=threads or None, verbose=False)
+llama = Llama(model_path=path, n_ctx=context, n_threads=threads, n_threads_batch=batch_threads,
+              verbose=False)
 asked, first = time.perf_counter(), None
 for chunk in llama.create_chat_completion(messages=messages, max_tokens=max_tokens,
                                           temperature=0.2, repeat_penalty=1.2, stream=True):
@@ -178,13 +179,14 @@ def answer_all(quick: bool, tmp: Path) -> dict:
     conn.close()
 
     gguf = resolve_gguf(settings.llm_model)
-    llama = Llama(model_path=str(gguf), n_ctx=settings.llm_context,
-                  n_threads=settings.llm_threads or None, verbose=False)
+    threads, batch_threads = settings.llm_thread_counts  # what ragserver's model process uses
+    llama = Llama(model_path=str(gguf), n_ctx=settings.llm_context, n_threads=threads,
+                  n_threads_batch=batch_threads, verbose=False)
     env = {**os.environ, "RAGSERVER_DB": str(settings.db_path),
            "RAGSERVER_MAX_ANSWER_TOKENS": str(max_tokens)}
     cli = [str(Path(sys.executable).parent / "ragserver"), "ask", "--json", QUESTION]
     script = [sys.executable, "-c", RAW_SCRIPT, str(gguf), str(settings.llm_context),
-              str(settings.llm_threads), str(max_tokens)]
+              str(threads), str(batch_threads), str(max_tokens)]
 
     def timed_events(events_from, *args) -> Run:
         started = time.perf_counter()

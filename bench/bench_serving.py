@@ -1,26 +1,34 @@
-"""Serving: search latency while answers stream, and the gunicorn worker's memory.
+"""Serving: answers and searches beside a busy neighbour, and the memory of the server.
 
 Every figure comes from a gunicorn started from the Procfile (one gthread worker, eight
-threads), timed or sampled by a client in this process.
+threads, the answer model in its own process), timed or sampled by a client in this
+process. "A busy neighbour" is a process spinning on one of the two cores, as the cron
+ingest, a search or anything else on a small server would (bench/common.py).
+
+Answers. `POST /api/ask` with two questions about the sqlite posts, taken in turn so the
+model never finds the previous prompt in its cache, on an otherwise idle machine and
+beside a busy neighbour, interleaved over the repeats: time to first token as the client
+sees it (request sent to first token event, retrieval included) and tokens/s after the
+first (the server's done event). Goals (issue 10): beside the neighbour, tokens/s at
+least 0.8x idle and time to first token at most 1.5x idle.
 
 Contention. The server holds the sqlite and python topics of the shared corpus (ingested
 once, kept in /tmp/ragserver-bench/). Client-timed p50 / p95 of `GET /api/search`
 (hybrid, post titles new to the query cache, one started every 0.25 s) while no answer
-is being generated, then while a client thread keeps the chat busy: `POST /api/ask` "How do I
-enable WAL mode for a SQLite database?" with the default answer length, each stream read
-to its end and the question asked again at once; the report says how many busy searches
-were sent while tokens were generating rather than during retrieval and prompt
-processing. All of it again with the server started with OMP_NUM_THREADS=1, which keeps
-torch to one thread.
+is being generated, then while a client thread keeps the chat busy: `POST /api/ask` "How
+do I enable WAL mode for a SQLite database?" with the default answer length, each stream
+read to its end and the question asked again at once; then again beside a busy
+neighbour. The report says how many busy searches were sent while tokens were generating
+rather than during retrieval and prompt processing.
 
-Memory. RSS (psutil) of the worker, the master's child: after start (`/healthz`
-answered), after the first search (embedding model loaded), after the first answer
-(answer model loaded), then after bursts of 1, 4 and 8 searches sent at once (the
-worker's threads share at most two read connections, and sqlite-vss loads its own copy
-of the index into each; the worker's connections to the database are counted from its
-open files). On the small database and on bench_search's 20,000-passage
-(quick) or 200,000-passage (full) one; min / median / max over 1 (quick) or 3 server
-starts.
+Memory. RSS (psutil) of the worker, the master's child, and of the model process, the
+worker's child: after start (`/healthz` answered), after the first search (embedding
+model loaded), after the first answer (model process started), then after bursts of 1,
+4 and 8 searches sent at once (the worker's threads share at most two read connections,
+and sqlite-vss loads its own copy of the index into each; the worker's connections to the
+database are counted from its open files). On the small database and on bench_search's
+20,000-passage (quick) or 200,000-passage (full) one; min / median / max over 1 (quick)
+or 3 server starts.
 """
 
 from __future__ import annotations
@@ -30,16 +38,16 @@ import os
 import shutil
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 from bench_search import (CASES, LATENCY_HEADERS, WORK, Server, grown_db, latency_row,
                           pick_queries)
-from common import COMPARE_HEADERS, CORPUS, MODEL, Figure, Section, compare, table
+from common import COMPARE_HEADERS, CORPUS, MODEL, Figure, Section, compare, neighbour, table
 
 TOPICS = ["sqlite", "python"]
 QUESTION = "How do I enable WAL mode for a SQLite database?"
+OTHER = "How do I compile SQLite on Ubuntu?"  # asked in turn with QUESTION: no cached prompt
 PACE = 0.25  # seconds between the starts of two searches
 BURSTS = (1, 4, 8)
 MB = 2**20
@@ -70,12 +78,12 @@ def serving_db() -> Path:
     return path
 
 
-def ask(url: str, stop: threading.Event | None = None) -> dict:
-    """Stream one answer to QUESTION to its end (or until `stop` is set); when it ran."""
+def ask(url: str, stop: threading.Event | None = None, question: str = QUESTION) -> dict:
+    """Stream one answer to its end (or until `stop` is set); when it ran."""
     request = urllib.request.Request(
-        f"{url}/api/ask", data=json.dumps({"question": QUESTION}).encode(),
+        f"{url}/api/ask", data=json.dumps({"question": question}).encode(),
         headers={"Content-Type": "application/json"})
-    started, first, tokens, sources = time.perf_counter(), None, 0, 0
+    started, first, tokens, sources, done = time.perf_counter(), None, 0, 0, {}
     with urllib.request.urlopen(request, timeout=300) as response:
         event = ""
         for raw in response:
@@ -87,10 +95,14 @@ def ask(url: str, stop: threading.Event | None = None) -> dict:
                     first = first or time.perf_counter()
             elif event == "sources" and line.startswith("data: "):
                 sources = len(json.loads(line.removeprefix("data: "))["sources"])
+            elif event == "done" and line.startswith("data: "):
+                done = json.loads(line.removeprefix("data: "))
+            elif event == "error" and line.startswith("data: "):
+                raise RuntimeError(f"answer failed: {line}")
             if stop is not None and stop.is_set():
                 break
     return {"started": started, "first": first or time.perf_counter(),
-            "end": time.perf_counter(), "tokens": tokens, "sources": sources}
+            "end": time.perf_counter(), "tokens": tokens, "sources": sources, "done": done}
 
 
 class Answering:
@@ -140,37 +152,48 @@ def paced(server: Server, texts: list[str]) -> list[tuple[float, float]]:
     return timings
 
 
-def wait_until_model_free(server: Server) -> None:
-    """Until /healthz says no answer is generating (after a client hung up on one)."""
-    for _ in range(600):
-        try:
-            health = json.load(urllib.request.urlopen(server.url + "/healthz", timeout=10))
-        except urllib.error.HTTPError as error:
-            health = json.load(error)
-        if not health["llm"]["busy"]:
-            return
-        time.sleep(0.1)
-    raise RuntimeError("the answer model stayed busy for a minute")
-
-
 # -- contention ---------------------------------------------------------------------
 
-def contention(queries: list[str], **env: str) -> dict:
-    """Client-timed hybrid searches idle, then while answers stream back to back."""
-    with Server(serving_db(), **env) as server:
+def contention(queries: list[str], repeats: int) -> dict:
+    """Answers idle and beside a busy neighbour; then client-timed hybrid searches idle,
+    while answers stream back to back, and while they do beside a busy neighbour."""
+    with Server(serving_db()) as server:
         server.search("warm up")
-        stop = threading.Event()
-        stop.set()
-        ask(server.url, stop)  # loads the answer model; hangs up at the first line
-        wait_until_model_free(server)
+        ask(server.url, question=OTHER)  # starts the model process
+        answers: dict[str, list[dict]] = {"idle": [], "busy": []}
+        for _ in range(repeats):
+            for where in answers:
+                with neighbour(where == "busy"):
+                    for question in (QUESTION, OTHER):
+                        answers[where].append(ask(server.url, question=question))
         idle = [seconds for _, seconds in paced(server, [CASES[1](q) for q in queries])]
         with Answering(server.url) as answering:
             busy = paced(server, [CASES[2](q) for q in queries])
+        with neighbour(), Answering(server.url) as crowded:
+            beside = paced(server, [CASES[3](q) for q in queries])
     phases = [answering.phase(started) for started, _ in busy]
-    return {"idle": idle, "busy": [seconds for _, seconds in busy],
+    return {"answers": {where: [{"ttft": a["first"] - a["started"], "tokens": a["tokens"],
+                                 "tokens_per_s": a["done"]["tokens_per_s"]} for a in runs]
+                        for where, runs in answers.items()},
+            "idle": idle, "busy": [seconds for _, seconds in busy],
+            "beside": [seconds for _, seconds in beside],
             "generating": phases.count("generating") / len(phases),
-            "answers": len(answering.answers), "sources": answering.answers[0]["sources"],
-            "tokens_per_s": answering.tokens_per_second()}
+            "streamed": len(answering.answers), "sources": answering.answers[0]["sources"],
+            "tokens_per_s": answering.tokens_per_second(),
+            "crowded_tokens_per_s": crowded.tokens_per_second()}
+
+
+def answer_rows(answers: dict) -> tuple[list[list], float, float]:
+    """Table rows for answers beside the neighbour against idle; (rate ratio, TTFT ratio)."""
+    def figure(where: str, key: str, name: str, unit: str, scale: float = 1) -> Figure:
+        return Figure(name, unit, [a[key] * scale for a in answers[where]])
+
+    rate = figure("busy", "tokens_per_s", "`POST /api/ask` tokens/s, busy neighbour", "tokens/s")
+    rate_idle = figure("idle", "tokens_per_s", "idle", "tokens/s")
+    ttft = figure("busy", "ttft", "time to first token, busy neighbour", "ms", 1000)
+    ttft_idle = figure("idle", "ttft", "idle", "ms", 1000)
+    return ([compare(rate, rate_idle), compare(ttft, ttft_idle, 0)],
+            rate.median / rate_idle.median, ttft.median / ttft_idle.median)
 
 
 # -- memory -------------------------------------------------------------------------
@@ -186,6 +209,8 @@ def memory(db: Path, queries: list[str]) -> dict[str, float]:
         found["search"] = rss()
         ask(server.url)
         found["answer"] = rss()
+        model = next(p for p in worker.children() if "model_process" in " ".join(p.cmdline()))
+        found["model process"] = model.memory_info().rss / MB
         for n in BURSTS:
             found[f"peak {n}"] = burst(server, worker, [next(texts) for _ in range(n)])
             found[f"after {n}"] = rss()
@@ -215,45 +240,54 @@ def burst(server: Server, worker, texts: list[str]) -> float:
 
 def run(quick: bool) -> Section:
     """Contention on the small database; memory on it and on a grown one."""
+    from ragserver.config import load_settings
+
     queries = pick_queries(20 if quick else 50)
     starts = 1 if quick else 3
     load_before = os.getloadavg()[0]
-    default = contention(queries)
-    one_thread = contention(queries, OMP_NUM_THREADS="1")
+    found = contention(queries, 2 if quick else 5)
     grown = 20_000 if quick else 200_000
     databases = [(f"{' + '.join(TOPICS)} topics", serving_db()),
                  (f"{grown:,} passages (bench_search)", grown_db(grown))]
     memories = {name: [memory(db, queries) for _ in range(starts)] for name, db in databases}
+    rows, rate_ratio, ttft_ratio = answer_rows(found["answers"])
+    threads = load_settings().llm_thread_counts
+    runs = len(found["answers"]["idle"])
 
     parts = [
         f"Load average (1 min) on the machine: {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after these measurements (2 cores; the server and its "
         "client account for about 1, 2 while an answer streams).",
-        f"**Contention.** {len(queries)} hybrid searches (titles new to the query cache), "
-        f"one every {PACE} s, on the {' and '.join(TOPICS)} topics with no answer running; "
-        f"then as many while a client asks \"{QUESTION}\" ({default['sources']} sources, "
-        "default RAGSERVER_MAX_ANSWER_TOKENS) again as soon as each answer ends. Then the "
-        "same with the server started with OMP_NUM_THREADS=1 (torch on one thread).",
+        f"**Answers beside a busy neighbour.** {runs} answers each way, to \"{QUESTION}\" "
+        f"and \"{OTHER}\" in turn, idle and beside a process spinning on one core, "
+        f"interleaved; the model process uses the default threads ({threads[0]} to "
+        f"generate, {threads[1]} to read the prompt: one per two cores, see Threads above).",
+        table(COMPARE_HEADERS, rows),
+        f"Goals: tokens/s beside the neighbour at least 0.8× idle: "
+        f"**{'met' if rate_ratio >= 0.8 else 'not met'}** ({rate_ratio:.2f}×); time to "
+        f"first token at most 1.5× idle: **{'met' if ttft_ratio <= 1.5 else 'not met'}** "
+        f"({ttft_ratio:.2f}×).",
+        f"**Searches while answering.** {len(queries)} hybrid searches (titles new to the "
+        f"query cache), one every {PACE} s, on the {' and '.join(TOPICS)} topics with no "
+        f"answer running; then as many while a client asks \"{QUESTION}\" "
+        f"({found['sources']} sources, default RAGSERVER_MAX_ANSWER_TOKENS) again as soon as "
+        "each answer ends; then as many while it does and a neighbour keeps one core busy.",
         table(LATENCY_HEADERS, [
-            latency_row(("hybrid search while answering", default["busy"]),
-                        ("hybrid search, idle", default["idle"])),
-            latency_row(("idle, OMP_NUM_THREADS=1", one_thread["idle"]),
-                        ("hybrid search, idle", default["idle"])),
-            latency_row(("while answering, OMP_NUM_THREADS=1", one_thread["busy"]),
-                        ("idle, OMP_NUM_THREADS=1", one_thread["idle"]))]),
-        f"{default['generating']:.0%} of the busy searches were sent while tokens were "
-        f"being generated, the rest during retrieval and prompt processing "
-        f"({default['answers']} answers, {default['tokens_per_s']:.0f} tokens/s; with "
-        f"OMP_NUM_THREADS=1: {one_thread['generating']:.0%}, {one_thread['answers']} "
-        f"answers, {one_thread['tokens_per_s']:.0f} tokens/s).",
+            latency_row(("hybrid search while answering", found["busy"]),
+                        ("hybrid search, idle", found["idle"])),
+            latency_row(("while answering, beside a busy neighbour", found["beside"]),
+                        ("hybrid search, idle", found["idle"]))]),
+        f"{found['generating']:.0%} of the searches while answering were sent while tokens "
+        f"were being generated, the rest during retrieval and prompt processing "
+        f"({found['streamed']} answers, {found['tokens_per_s']:.0f} tokens/s; beside the "
+        f"neighbour {found['crowded_tokens_per_s']:.0f} tokens/s).",
         f"**Memory.** RSS of the gunicorn worker in MB, min / median / max over {starts} "
-        "server start(s).",
+        "server start(s); the model process's beside it.",
     ]
     for (name, db), found in zip(databases, memories.values()):
         parts += [f"*{name}*", table(COMPARE_HEADERS, memory_rows(found)),
                   memory_line(found, db)]
-    data = {"contention": {"default": default, "omp_num_threads_1": one_thread},
-            "memory": memories}
+    data = {"contention": found, "memory": memories}
     return Section("Serving: contention and memory", "\n\n".join(parts), data)
 
 
@@ -262,7 +296,7 @@ def memory_rows(found: list[dict]) -> list[list]:
     figure = lambda name, key: Figure(name, "MB", [f[key] for f in found])  # noqa: E731
     start = figure("after start", "start")
     search = figure("after the first search (embedding model, one connection)", "search")
-    answer = figure("after the first answer (answer model)", "answer")
+    answer = figure("after the first answer (model process started)", "answer")
     rows = [compare(search, start, 0), compare(answer, search, 0)]
     one = figure("after a burst of 1 search", "after 1")
     rows.append(compare(one, answer, 0))
@@ -270,6 +304,8 @@ def memory_rows(found: list[dict]) -> list[list]:
         rows.append(compare(figure(f"after a burst of {n} searches", f"after {n}"), one, 0))
     rows.append(compare(figure(f"peak during the burst of {BURSTS[-1]}",
                                f"peak {BURSTS[-1]}"), one, 0))
+    rows.append(compare(figure("model process, after the first answer", "model process"),
+                        answer, 0))
     return rows
 
 

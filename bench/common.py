@@ -15,8 +15,10 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +36,22 @@ def procfile_command(port: int) -> list[str]:
     args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
     args[0] = str(Path(sys.executable).parent / args[0])
     return args
+
+
+@contextmanager
+def neighbour(busy: bool = True):
+    """A process spinning on one core for the duration (or nothing): the CPU-bound
+    neighbour a small server always has (the embedder, a search, the cron ingest)."""
+    if not busy:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.5)  # let the scheduler place it
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def machine() -> dict:

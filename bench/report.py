@@ -2,7 +2,7 @@
 
     python bench/report.py [--quick] [NAME ...]      # ./run bench does this
 
-NAME picks some of the benchmarks (ingest, search, index, generation, serving, load); --quick
+NAME picks some of the benchmarks (ingest, search, index, threads, generation, serving, load); --quick
 runs fewer repeats on less data, to check the benchmarks themselves.
 """
 
@@ -20,7 +20,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from common import ROOT, machine  # noqa: E402
 
-BENCHMARKS = ["ingest", "search", "index", "generation", "serving", "load"]
+BENCHMARKS = ["ingest", "search", "index", "threads", "generation", "serving", "load"]
 MODULES = {"load": "load_test"}  # also run alone: python bench/load_test.py
 RESULTS = HERE / "results.json"
 OUT = ROOT / "docs" / "benchmarks.md"
