@@ -157,12 +157,17 @@ def is_e5_model(name: str) -> bool:
 
 
 def default_threads() -> int:
-    """Threads for llama.cpp when none are set: half the cores this process may use.
+    """Threads for llama.cpp and commands' embedding when none are set: half the cores
+    this process may use.
 
     llama.cpp's threads wait for each other at every step, spinning: when one of them
     shares its core with anything else (the embedder, a search, the cron ingest), all of
-    them wait. On two cores beside a busy neighbour, two threads generated TODO-MEASURE
-    (docs/benchmarks.md, bench/bench_threads.py); leaving half the cores to the rest of the server keeps the model's own.
+    them wait; torch's do the same for a while. On two cores beside one busy core
+    (bench/bench_threads.py, docs/benchmarks.md), two llama.cpp threads generated at 0.23x
+    their idle speed and one thread at 0.96x; two read a 580-token prompt in 3.2 s there,
+    one in 2.5 s; two torch threads embedded passages at 0.49x. Two threads win only on
+    an idle machine, which a server is not for long: leaving half the cores to the rest
+    of the server keeps the model's share its own.
     """
     try:
         cores = len(os.sched_getaffinity(0))
