@@ -201,7 +201,7 @@ def answer(question: str, history, *, conn, embedder: Embedder, model: ChatModel
         except LLMError as error:
             yield Event("error", {"message": str(error)})
             return
-        except Exception as error:  # a crash inside llama.cpp must not take the server with it
+        except Exception as error:  # whatever else a backend raises ends this answer only
             yield Event("error", {"message": f"generation failed: {error}"})
             return
         finally:

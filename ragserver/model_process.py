@@ -200,8 +200,9 @@ class ProcessChatModel:
                 ("starting" if child is not None and child.alive() else "not running"),
                 "restarts": self.restarts,
                 "last_failure": self.last_failure or None,
-                "last_failure_at": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_failure_at))
-                                    if self.last_failure_at else None),
+                "last_failure_at": (
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_failure_at))
+                    if self.last_failure_at else None),
                 "threads": self.threads, "batch_threads": self.batch_threads,
                 "max_memory_mb": self.max_memory_mb}
 
@@ -273,28 +274,33 @@ class ProcessChatModel:
         while True:
             message = child.receive(POLL)
             if message is False:
-                self._fail(child, doing, describe_exit(child.wait()), child.proc.returncode)
+                self._died(child, doing)
             if message is not None:
                 return message
             if not child.alive():
                 continue  # read what it wrote before dying, then the end of file
             if time.monotonic() - quiet_since > self.timeout:
+                child.kill()
                 self._fail(child, doing, f"stopped responding (nothing for {self.timeout:g} s) "
-                                         "and was killed", child.kill(), hung=True)
+                                         "and was killed")
             memory = rss_mb(child.pid)
             if memory is not None and memory > self.max_memory_mb:
+                child.kill()
                 self._fail(child, doing, f"used {memory:,.0f} MB of memory, more than the "
                                          f"{self.max_memory_mb:,} MB allowed "
-                                         "(RAGSERVER_LLM_MAX_MEMORY_MB), and was killed",
-                           child.kill(), hung=True)
+                                         "(RAGSERVER_LLM_MAX_MEMORY_MB), and was killed")
 
-    def _fail(self, child: _Child, doing: str, what: str, returncode: int,
-              hung: bool = False) -> None:
+    def _died(self, child: _Child, doing: str) -> None:
+        """The child ended by itself: say how (signal, what it usually means), raise."""
+        status = child.wait()
+        detail = signal_hint(status) or child.last_words()
+        self._fail(child, doing, describe_exit(status), detail)
+
+    def _fail(self, child: _Child, doing: str, what: str, detail: str = "") -> None:
         """Record the child's end, start a replacement if it had been working, raise."""
         was_working = child.answered
         if self._child is child:
             self._child = None
-        detail = "" if hung else (signal_hint(returncode) or child.last_words())
         self.last_failure = f"the answer model {what} while {doing}" + (
             f" ({detail})" if detail else "")
         self.last_failure_at = time.time()
@@ -326,7 +332,7 @@ class ProcessChatModel:
     def _request(self, child: _Child, message: dict, doing: str) -> int:
         self._ids += 1
         if not child.send({"id": self._ids, **message}):
-            self._fail(child, doing, describe_exit(child.wait()), child.proc.returncode)
+            self._died(child, doing)
         return self._ids
 
     # -- the ChatModel protocol ------------------------------------------------
