@@ -428,6 +428,8 @@ def doctor(db, as_json, checks_only):
     threads, model files with sizes and hashes, the database; then each model is loaded in
     a child process of its own and made to produce output. Exit status 1 when a check
     fails or the database needs attention."""
+    from dataclasses import asdict
+
     from . import doctor as doc
 
     settings = _settings(db)
@@ -444,7 +446,7 @@ def doctor(db, as_json, checks_only):
                 click.echo(f"  {'':<7}{'':<17}what to do: {check.hint}")
     problem = doc.database_problem(facts["database"]) if facts else ""
     if as_json:
-        click.echo(json.dumps({**facts, "checks": doc.checks_as_dicts(checks),
+        click.echo(json.dumps({**facts, "checks": [asdict(c) for c in checks],
                                "database_problem": problem or None}))
     no_database_yet = facts and not facts["database"]["exists"]
     if not all(c.ok for c in checks) or (problem and not no_database_yet):
@@ -466,7 +468,7 @@ def _print_facts(facts: dict, problem: str) -> None:
     am, em, d = facts["answer_model"], facts["embedding_model"], facts["database"]
     lines = [("versions", ", ".join(f"{k} {val}" for k, val in v.items() if val)),
              ("cpu", f"{c['model']} ({c['machine']}), {c['cores']} cores usable; advertises "
-                     f"{' '.join(c['advertises']) or 'none of ' + ' '.join(doc_flags())}"),
+                     f"{' '.join(c['advertises']) or 'no vector extensions'}"),
              ("llama.cpp", f"built with {ll['options'] or 'unknown options (not built by ./run)'}"),
              ("", f"uses {ll['uses']}"),
              ("threads", f"answer model {t['answer_model_generating']} generating, "
@@ -502,11 +504,6 @@ def _print_facts(facts: dict, problem: str) -> None:
         click.echo(f"{key:<{width}}  {value}")
     click.echo()
 
-
-def doc_flags() -> tuple[str, ...]:
-    from .doctor import CPU_FLAGS
-
-    return CPU_FLAGS
 
 
 @cli.command()

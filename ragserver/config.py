@@ -10,6 +10,10 @@ from pathlib import Path
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 E5_PREFIXES = ("query: ", "passage: ")
 VECTOR_INDEXES = ("vss", "vec")
+# The web server embeds one query at a time on one torch thread: more only spin waiting
+# for busy cores (beside a busy core a query took 22.7 ms on two threads, 8.8 ms on one;
+# bench/bench_threads.py).
+QUERY_EMBED_THREADS = 1
 
 
 def _setting(env: str, default, help: str):

@@ -16,10 +16,10 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings
+from .config import QUERY_EMBED_THREADS, Settings
 from .model_process import describe_exit, signal_hint
 
 CHECK_TIMEOUT = 300  # seconds a model may take to load and answer (torch imports slowly)
@@ -148,7 +148,8 @@ def threads(settings: Settings) -> dict:
     """Thread counts each part of ragserver uses."""
     generating, reading = settings.llm_thread_counts
     return {"answer_model_generating": generating, "answer_model_reading_prompt": reading,
-            "embedding_in_web_server": 1, "embedding_in_commands": settings.embed_thread_count}
+            "embedding_in_web_server": QUERY_EMBED_THREADS,
+            "embedding_in_commands": settings.embed_thread_count}
 
 
 def database(settings: Settings) -> dict:
@@ -319,10 +320,6 @@ def report(settings: Settings) -> dict:
     return {"versions": versions(), "cpu": cpu(), "llama_cpp": llama_build(),
             "threads": threads(settings), "answer_model": answer_model(settings),
             "embedding_model": embedding_model(settings), "database": database(settings)}
-
-
-def checks_as_dicts(checks: list[Check]) -> list[dict]:
-    return [asdict(c) for c in checks]
 
 
 if __name__ == "__main__":

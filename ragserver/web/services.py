@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from flask import current_app
 from werkzeug.exceptions import ServiceUnavailable
 
-from ..config import Settings
+from ..config import QUERY_EMBED_THREADS, Settings
 from ..db import Reader, database_errors
 from ..embedder import CachedQueries
 from ..llm import Gate, Place, load_chat_model
@@ -125,10 +125,7 @@ class Services:
 
                 from ..embedder import load_embedder
 
-                # One query at a time needs one thread; torch's default (every core)
-                # spins waiting for busy cores and took 470 ms instead of 14 ms for a
-                # query embedding while an answer was generating (bench_search).
-                torch.set_num_threads(1)
+                torch.set_num_threads(QUERY_EMBED_THREADS)
                 self._embedder = load_embedder(self.settings)
             if not isinstance(self._embedder, CachedQueries):
                 self._embedder = CachedQueries(self._embedder)
