@@ -45,11 +45,11 @@ def post_ranks(hits) -> list[str]:
 
 
 def evaluate(conn, embedder, titles, **kwargs) -> dict:
-    from ragserver.retrieve import search
+    from ragserver.retrieve import retrieve
 
     at1 = at5 = 0
     for source, title in titles.items():
-        ranked = post_ranks(search(conn, embedder, title, 50, **kwargs))
+        ranked = post_ranks(retrieve(conn, embedder, title, 50, **kwargs))
         at1 += ranked[:1] == [source]
         at5 += source in ranked[:5]
     n = len(titles)

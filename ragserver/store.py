@@ -111,8 +111,9 @@ class Hit:
     anchor: str
     heading_path: tuple[str, ...]
     text: str
-    score: float
+    score: float  # by the ranking that found it: cosine, BM25 or fused
     date: str | None = None
+    similarity: float | None = None  # cosine similarity to the query, when it was embedded
 
     @property
     def link(self) -> str:
@@ -414,11 +415,24 @@ def search_index(conn, vector, k: int) -> list[Hit]:
         return []
     index = vector_index(conn)
     rows = conn.execute(index.search, (vector_to_blob(vector), int(k))).fetchall()
-    return _hits(conn, {rowid: index.score(distance) for rowid, distance in rows})
+    return _hits(conn, {rowid: index.score(distance) for rowid, distance in rows},
+                 similarity=True)
 
 
-def _hits(conn, scores: dict[int, float]) -> list[Hit]:
-    """Hits for passage ids with their scores, best first."""
+def passage_vectors(conn, passage_ids: list[int]) -> dict[int, np.ndarray]:
+    """The stored vectors of some passages, by passage id."""
+    if not passage_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT CAST(id AS INTEGER), embedding FROM embeddings WHERE collection_id = ? "
+        f"AND id IN ({','.join('?' * len(passage_ids))})",
+        [collection_id(conn), *map(str, passage_ids)]).fetchall()
+    return {pid: blob_to_vector(blob) for pid, blob in rows}
+
+
+def _hits(conn, scores: dict[int, float], similarity: bool = False) -> list[Hit]:
+    """Hits for passage ids with their scores (also their similarity, for cosine scores),
+    best first."""
     if not scores:
         return []
     marks = ",".join("?" * len(scores))
@@ -427,7 +441,7 @@ def _hits(conn, scores: dict[int, float]) -> list[Hit]:
         f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
         list(scores)).fetchall()
     hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], scores[r[0]],
-                r[7])
+                r[7], scores[r[0]] if similarity else None)
             for r in details]
     return sorted(hits, key=lambda h: h.score, reverse=True)
 

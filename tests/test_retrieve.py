@@ -12,7 +12,7 @@ from ingest.pipeline import Ingester
 from ingest.sources import Source
 from ragserver import store
 from ragserver.db import connect, init_schema
-from ragserver.retrieve import search
+from ragserver.retrieve import retrieve
 
 
 @pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b)", "foo*", "-x OR", "AND", "sqlite's ^wal:",
@@ -30,7 +30,7 @@ def test_keyword_search_ranks_matching_passages(seeded_conn):
 
 def test_unknown_mode_is_refused(seeded_conn, embedder):
     with pytest.raises(ValueError, match="mode must be one of hybrid, vector, keyword"):
-        search(seeded_conn, embedder, "wal", 5, mode="fuzzy")
+        retrieve(seeded_conn, embedder, "wal", 5, mode="fuzzy")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def titleless(tmp_path_factory, embedder):
 def _hit_rates(conn, embedder, titles, mode):
     at1 = at5 = 0
     for source, title in titles.items():
-        posts = list(dict.fromkeys(h.source for h in search(conn, embedder, title, 50, mode=mode)))
+        posts = list(dict.fromkeys(h.source for h in retrieve(conn, embedder, title, 50, mode=mode)))
         at1 += posts[:1] == [source]
         at5 += source in posts[:5]
     return at1 / len(titles), at5 / len(titles)
