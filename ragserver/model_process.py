@@ -275,6 +275,14 @@ class ProcessChatModel:
             message = child.receive(POLL)
             if message is False:
                 self._died(child, doing)
+            # Checked at every message too: a small model loads and answers within one
+            # POLL, and a limit looked at only while the child is quiet would miss it.
+            memory = rss_mb(child.pid)
+            if memory is not None and memory > self.max_memory_mb:
+                child.kill()
+                self._fail(child, doing, f"used {memory:,.0f} MB of memory, more than the "
+                                         f"{self.max_memory_mb:,} MB allowed "
+                                         "(RAGSERVER_LLM_MAX_MEMORY_MB), and was killed")
             if message is not None:
                 return message
             if not child.alive():
@@ -283,12 +291,6 @@ class ProcessChatModel:
                 child.kill()
                 self._fail(child, doing, f"stopped responding (nothing for {self.timeout:g} s) "
                                          "and was killed")
-            memory = rss_mb(child.pid)
-            if memory is not None and memory > self.max_memory_mb:
-                child.kill()
-                self._fail(child, doing, f"used {memory:,.0f} MB of memory, more than the "
-                                         f"{self.max_memory_mb:,} MB allowed "
-                                         "(RAGSERVER_LLM_MAX_MEMORY_MB), and was killed")
 
     def _died(self, child: _Child, doing: str) -> None:
         """The child ended by itself: say how (signal, what it usually means), raise."""
