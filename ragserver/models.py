@@ -95,18 +95,19 @@ def _parts(model: KnownModel) -> list[Path]:
     return found
 
 
-def model_dir() -> Path:
+def model_dir(setting: str = "") -> Path:
     """Where joined model files are kept: RAGSERVER_MODEL_DIR, else beside the venv."""
-    return Path(os.environ.get("RAGSERVER_MODEL_DIR") or
-                Path(sys.prefix) / "share" / "ragserver" / "models")
+    return Path(setting).expanduser() if setting else \
+        Path(sys.prefix) / "share" / "ragserver" / "models"
 
 
-def known_file(model: KnownModel) -> Path:
-    """The model's GGUF file, joined from its parts the first time (checked by SHA-256)."""
+def known_file(model: KnownModel, directory: str = "") -> Path:
+    """The model's GGUF file, joined from its parts into `directory` the first time
+    (checked by SHA-256)."""
     parts = _parts(model)
     if len(parts) == 1:
         return parts[0]
-    target = model_dir() / model.file_name
+    target = model_dir(directory) / model.file_name
     if target.is_file() and target.stat().st_size == model.size:
         return target  # checked by hash when it was joined; `ragserver doctor` checks again
     return join_parts(model, parts, target)
@@ -142,13 +143,13 @@ def join_parts(model: KnownModel, parts: list[Path], target: Path) -> Path:
     return target
 
 
-def resolve(setting: str) -> Path | None:
+def resolve(setting: str, directory: str = "") -> Path | None:
     """The GGUF file for RAGSERVER_LLM_MODEL: a known name, `none` (None), or a path."""
     name = (setting or DEFAULT).strip()
     if name.lower() == NONE:
         return None
     if name in KNOWN:
-        return known_file(KNOWN[name])
+        return known_file(KNOWN[name], directory)
     path = Path(name).expanduser()
     if not path.is_file():
         raise ModelFileError(

@@ -46,9 +46,9 @@ def test_joined_parts_are_kept_only_with_the_pinned_hash(tmp_path):
     assert not target.exists() and list(target.parent.iterdir()) == []  # nothing left behind
 
 
-def test_the_joined_file_goes_where_ragserver_model_dir_says(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAGSERVER_MODEL_DIR", str(tmp_path))
-    path = models.known_file(models.QWEN_CODER)  # joins the installed parts again
+def test_the_joined_file_goes_where_ragserver_model_dir_says(tmp_path):
+    settings = load_settings({"RAGSERVER_MODEL_DIR": str(tmp_path)})
+    path = resolve_gguf(settings.llm_model, settings.model_dir)  # joins the parts again
     assert path == tmp_path / models.QWEN_CODER.file_name
     assert models.sha256(path) == models.QWEN_CODER.sha256
     assert models.identify(path) is models.QWEN_CODER

@@ -47,7 +47,7 @@ def _llm_status(settings) -> tuple[dict, bool]:
     if settings.llm_url:
         return {**status, "backend": "remote", "url": settings.llm_url}, True
     try:
-        path = resolve_gguf(settings.llm_model)
+        path = resolve_gguf(settings.llm_model, settings.model_dir)
     except LLMError as error:
         return {**status, "backend": "local", "error": str(error)}, False
     if path is None:  # RAGSERVER_LLM_MODEL=none: quoted answers only, by choice
