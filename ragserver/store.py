@@ -122,6 +122,12 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class ExamplePost:
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
 class RelatedPost:
     source: str
     title: str
@@ -631,3 +637,11 @@ def search_keyword(conn, text: str, k: int) -> list[Hit]:
         "WHERE passages_fts MATCH ? ORDER BY rank LIMIT ?", (query, int(k))).fetchall()
     # bm25() is lower-is-better and unbounded; report its negation as the score.
     return _hits(conn, {rowid: -float(rank) for rowid, rank in rows})
+
+
+def example_posts(conn, n: int) -> list[ExamplePost]:
+    """The n most recent posts with a title (undated posts last, ties by id), for examples."""
+    rows = conn.execute(
+        "SELECT title, url FROM posts WHERE trim(title) != '' "
+        "ORDER BY date IS NULL, date DESC, id LIMIT ?", (int(n),))
+    return [ExamplePost(*r) for r in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import re
@@ -12,8 +13,10 @@ import time
 import pytest
 from werkzeug.serving import make_server
 
-from ragserver import create_app
+from ragserver import create_app, store
+from ragserver.db import connect, init_schema
 from ragserver.render import render_markdown
+from ragserver.web.chat import example_question
 
 WAL_QUESTION = "How do I enable WAL mode for a SQLite database?"
 
@@ -51,12 +54,16 @@ def test_api_ask_streams_sources_tokens_done(client):
     assert response.status_code == 200 and response.mimetype == "text/event-stream"
     events = parse_sse(response.get_data(as_text=True))
     kinds = [name for name, _ in events]
-    assert kinds[0] == "sources" and kinds[-1] == "done"
-    assert set(kinds[1:-1]) == {"token"}
+    assert kinds[:2] == ["sources", "quick"] and kinds[-2:] == ["checked", "done"]
+    assert set(kinds[2:-2]) == {"token"}
     sources = json.loads(events[0][1])["sources"]
     assert {"source", "title", "url", "anchor", "text", "score"} <= set(sources[0])
+    quick = json.loads(events[1][1])
+    assert quick["text"] in sources[quick["n"] - 1]["text"] and quick["link"]
+    checked = json.loads(events[-2][1])
+    assert {"text", "segments", "unsupported", "cited", "removed_citations"} <= set(checked)
     done = json.loads(events[-1][1])
-    assert {"retrieval_ms", "ttft_ms", "tokens_per_s"} <= set(done)
+    assert {"retrieval_ms", "ttft_ms", "tokens_per_s", "unsupported", "cited"} <= set(done)
 
 
 @pytest.mark.parametrize("body,kwargs,message", [
@@ -87,7 +94,8 @@ def test_chat_page_and_htmx_turn_stream(client):
     stream_url = re.search(r'sse-connect="([^"]+)"', fragment).group(1)
     events = parse_sse(client.get(stream_url).get_data(as_text=True))
     kinds = [name for name, _ in events]
-    assert kinds[0] == "status" and events[0][1] == "Answering…"
+    assert kinds[:2] == ["status", "quick"] and events[0][1] == "Answering…"
+    assert 'class="quick"' in events[1][1] and "From the posts" in events[1][1]
     assert "token" in kinds and kinds[-3:] == ["answer", "sources", "end"]
     assert kinds.index("token") < kinds.index("answer")
     sources_html = events[-2][1]
@@ -95,6 +103,7 @@ def test_chat_page_and_htmx_turn_stream(client):
     # Reloading the page shows the finished turn, rendered, with its sources.
     again = client.get(f"/?c={cid}").get_data(as_text=True)
     assert WAL_QUESTION in again and 'class="sources"' in again and "sse-connect" not in again
+    assert 'class="quick"' in again
 
 
 def test_chat_works_without_javascript(client):
@@ -208,3 +217,122 @@ def test_a_second_stream_of_a_turn_waits_for_the_first_instead_of_answering_agai
         assert app.extensions["ragserver"].gate.admitted == 0
     finally:
         server.shutdown()
+
+
+# -- a finished answer on the page, and example questions -------------------
+
+SUPPORTED = "Run PRAGMA journal_mode=WAL on the database to turn WAL mode on [1]."
+INVENTED = "WAL mode was added to SQLite by Ada Lovelace in 1843."
+WAL_SOURCE = {"n": 1, "title": "Enabling WAL mode for SQLite database files", "headings": [],
+              "text": "sqlite3 my.db 'PRAGMA journal_mode=wal;'",
+              "link": "https://til.example/sqlite/enabling-wal-mode#enabling-wal-mode",
+              "source": "sqlite/enabling-wal-mode.md"}
+
+
+def finished_turn(app, cid: str, question: str = WAL_QUESTION):
+    """A turn holding a checked answer whose second sentence the sources do not support,
+    as _run_turn leaves it (no model involved: the rendering is what is tested)."""
+    turn = app.extensions["ragserver"].conversations.add(cid, question)
+    turn.answer = f"{SUPPORTED} {INVENTED}"
+    turn.segments = [
+        {"kind": "prose", "text": SUPPORTED, "supported": True, "sources": [1], "missing": []},
+        {"kind": "prose", "text": INVENTED, "supported": False, "sources": [],
+         "missing": ["1843", "ada", "lovelace"]},
+    ]
+    turn.sources = [WAL_SOURCE]
+    turn.quick = {"text": WAL_SOURCE["text"], "n": 1, "score": 0.7, "ms": 40.0,
+                  "title": WAL_SOURCE["title"], "link": WAL_SOURCE["link"]}
+    turn.timings = {"retrieval_ms": 12.0, "ttft_ms": 900.0, "tokens": 30, "tokens_per_s": 20.5,
+                    "quick_ms": 40.0}
+    turn.state = "done"
+    return turn
+
+
+def test_an_unsupported_sentence_is_marked_after_it(app, client):
+    finished_turn(app, "marked")
+    page = client.get("/?c=marked").get_data(as_text=True)
+    assert page.count('class="unsupported"') == 1
+    assert re.search(r'Ada Lovelace in 1843\.<span class="unsupported" title="[^"]+">', page)
+    assert 'mode on <a class="cite"' in page  # the supported sentence: cited, not marked
+    assert 'data-copy="' + SUPPORTED in page  # Copy answer holds the Markdown
+    assert '<details class="timings">' in page  # closed until asked for
+
+
+@pytest.mark.parametrize("title,question", [
+    ("How to call pip programatically from Python",
+     "How do I call pip programatically from Python?"),
+    ("how to  use uv.", "How do I use uv?"),
+    ("Is SQLite fast enough?", "Is SQLite fast enough?"),
+    ("The simplest recursive CTE",
+     "What does the blog say about “The simplest recursive CTE”?"),
+    ("How to", "What does the blog say about “How to”?"),
+])
+def test_example_question_from_a_title(title, question):
+    assert example_question(title) == question
+
+
+def test_example_posts_newest_first_undated_last(db):
+    def post(source, title, date):
+        store.save_post(db, source=source, origin="test", title=title, url=f"/{source}",
+                        date=date, tags=(), content_hash=source)
+
+    post("a", "Undated first", None)
+    post("b", "Older", "2023-01-05")
+    post("c", "Newest", "2024-06-01T09:00:00+00:00")
+    post("d", "   ", "2025-01-01")  # no title: nothing to ask about
+    post("e", "Undated second", None)
+    post("f", "Same day", "2023-01-05")
+    assert [p.title for p in store.example_posts(db, 10)] == [
+        "Newest", "Older", "Same day", "Undated first", "Undated second"]
+    assert store.example_posts(db, 2) == [store.ExamplePost("Newest", "/c"),
+                                          store.ExamplePost("Older", "/b")]
+
+
+def test_an_empty_conversation_shows_example_questions(client, seeded_conn):
+    page = client.get("/").get_data(as_text=True)
+    buttons = re.findall(r'<button type="button" class="example" data-question="([^"]*)">'
+                         r'([^<]*)</button>', page)
+    assert all(question == text for question, text in buttons)
+    shown = [html.unescape(text) for _, text in buttons]
+    expected = [example_question(p.title) for p in store.example_posts(seeded_conn, 4)]
+    assert shown == expected and len(shown) == 4
+    assert 'href="/search"' in page
+
+
+def test_a_conversation_with_turns_shows_no_examples(app, client):
+    finished_turn(app, "going")
+    page = client.get("/?c=going").get_data(as_text=True)
+    assert 'class="example"' not in page and 'id="examples"' not in page
+
+
+@pytest.mark.parametrize("contents", [None, b"", b"not a database at all " * 100, "empty schema"])
+def test_no_examples_without_posts_and_never_an_error(tmp_path, contents):
+    path = tmp_path / "blog.db"
+    if contents == "empty schema":
+        conn = connect(path)
+        init_schema(conn)
+        conn.close()
+    elif contents is not None:
+        path.write_bytes(contents)
+    response = create_app({"db": str(path)}).test_client().get("/")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'class="example"' not in page and 'href="/search"' in page
+
+
+def test_without_a_model_the_server_answers_with_quotes(seeded_db, embedder):
+    """RAGSERVER_LLM_MODEL=none: a search-and-quote deployment, no language model at all."""
+    client = create_app({"db": str(seeded_db), "llm_model": "none"}, embedder=embedder).test_client()
+    events = parse_sse(client.post("/api/ask", json={"question": WAL_QUESTION}).get_data(as_text=True))
+    assert [name for name, _ in events] == ["sources", "quick", "done"]
+    done = json.loads(events[-1][1])
+    assert done["answered"] and done["model"] is None
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json["llm"]["backend"] == "none"
+    turn = client.post("/chat", data={"question": WAL_QUESTION, "c": "quotes"},
+                       headers={"HX-Request": "true"})
+    stream = re.search(r'sse-connect="([^"]+)"', turn.get_data(as_text=True)).group(1)
+    kinds = [name for name, _ in parse_sse(client.get(stream).get_data(as_text=True))]
+    assert "quick" in kinds and "token" not in kinds and kinds[-1] == "end"
+    page = client.get("/?c=quotes").get_data(as_text=True)
+    assert 'class="quick"' in page and "cites none" not in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from conftest import CORPUS, ragserver
 
@@ -75,7 +76,10 @@ QUICK = {"RAGSERVER_MAX_ANSWER_TOKENS": "40"}
 def test_ask_streams_an_answer_then_numbered_sources(seeded_db):
     result = ragserver("ask", "How do I enable WAL mode for a SQLite database?", "--db", seeded_db,
                        env=QUICK, check=True)
-    answer_text, _, sources = result.stdout.rpartition("\n\n")
+    quick, _, rest = result.stdout.partition("\nAnswer:\n")
+    assert quick.startswith("From the posts [") and "\n> " in quick
+    assert "wal" in quick.lower()
+    answer_text, _, sources = rest.rpartition("\n\n")
     assert answer_text.strip()
     lines = sources.strip().splitlines()
     assert lines[0].startswith("[1] Enabling WAL mode for SQLite database files")
@@ -88,8 +92,15 @@ def test_ask_json_events(seeded_db):
                        env=QUICK, check=True)
     events = [json.loads(line) for line in result.stdout.splitlines()]
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "sources" and kinds[-1] == "done" and "token" in kinds
-    assert len(events[0]["data"]) <= 3
+    assert kinds[:2] == ["sources", "quick"] and kinds[-2:] == ["checked", "done"]
+    assert "token" in kinds and len(events[0]["data"]) <= 3
+
+
+def test_ask_without_a_model_quotes_the_posts(seeded_db):
+    result = ragserver("ask", "How do I enable WAL mode for a SQLite database?", "--db", seeded_db,
+                       env={"RAGSERVER_LLM_MODEL": "none"}, check=True)
+    assert re.match(r"From the posts \[\d\] .*:\n> ", result.stdout)
+    assert "Answer:" not in result.stdout and "wal" in result.stdout.lower()
 
 
 def test_ask_fails_clearly_without_posts_or_model(tmp_path, seeded_db):
@@ -100,7 +111,8 @@ def test_ask_fails_clearly_without_posts_or_model(tmp_path, seeded_db):
     assert no_posts.returncode == 1 and "No posts" in no_posts.stderr
     no_model = ragserver("ask", "How do I enable WAL mode?", "--db", seeded_db,
                          env={"RAGSERVER_LLM_MODEL": str(tmp_path / "missing.gguf")})
-    assert no_model.returncode == 1 and "missing.gguf, which is not a file" in no_model.stderr
+    assert no_model.returncode == 1 and "missing.gguf': not a file" in no_model.stderr
+    assert "smollm2, qwen-coder-0.5b, none" in no_model.stderr
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 100)
     bad_model = ragserver("ask", "How do I enable WAL mode?", "--db", seeded_db,

@@ -147,6 +147,7 @@ def test_prompt_injection_stays_data(client):
     assert "hostile/injection" in events["sources"]  # the post is cited as a source
     assert active_parts(events["answer"]) == [], events["answer"]
     assert active_parts(events["sources"]) == []
+    assert active_parts(events.get("quick", "")) == []
     page = client.get(f"/?c={cid}").get_data(as_text=True)
     assert active_parts(page, page=True) == []
 

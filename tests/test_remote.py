@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from ragserver import create_app
-from ragserver.answer import answer
+from ragserver.answer import Options, answer
 from ragserver.llm import Gate, LLMError, RemoteChatModel, VocabOnly, packaged_gguf
 
 
@@ -55,7 +55,7 @@ def test_remote_model_streams_an_answer(llama_server, seeded_conn, embedder):
     model = RemoteChatModel(llama_server, tokenizer=VocabOnly(packaged_gguf()))
     events = list(answer("How do I enable WAL mode for a SQLite database?", [],
                          conn=seeded_conn, embedder=embedder, model=model, gate=Gate(),
-                         max_answer_tokens=40))
+                         options=Options(max_answer_tokens=40)))
     kinds = [e.kind for e in events]
     assert kinds[0] == "sources" and kinds[-1] == "done" and kinds.count("token") > 3
     assert events[0].data[0]["source"] == "sqlite/enabling-wal-mode.md"

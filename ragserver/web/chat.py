@@ -9,14 +9,15 @@ import time
 
 from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
                    stream_with_context, url_for)
-from markupsafe import escape
+from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
-from ..answer import Event, answer
+from ..answer import Event, Options, answer
 from ..db import database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
-from ..render import highlight_citations, render_markdown
+from ..render import checked_answer
+from ..store import example_posts
 from .limits import check_rate, take_place
 from .services import Turn, services
 
@@ -24,6 +25,8 @@ bp = Blueprint("chat", __name__)
 
 MAX_QUESTION_CHARS = 2000
 ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up its place
+EXAMPLES = 4  # example questions on an empty conversation
+TIMINGS = ("retrieval_ms", "ttft_ms", "tokens", "tokens_per_s")  # shown under an answer
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, CR and LF are fine
 
 
@@ -67,9 +70,7 @@ def _events(question: str, history: list[dict], stop=None):
         embedder = svc.embedder()
         model = svc.llm()
         yield from answer(question, history, conn=svc.reading, embedder=embedder, model=model,
-                          gate=svc.gate, k=settings.retrieve_k, min_score=settings.min_score,
-                          max_answer_tokens=settings.max_answer_tokens,
-                          queue_timeout=settings.queue_timeout,
+                          gate=svc.gate, options=Options.from_settings(settings),
                           should_stop=stop.is_set if stop else (lambda: False))
     except (HTTPException, *database_errors(), EmbedderError, LLMError) as error:
         # A missing model, an unreadable database, no connection free: say so in the
@@ -86,12 +87,43 @@ def index():
     cid = request.args.get("c") or secrets.token_urlsafe(9)
     turns = services().conversations.turns(cid)
     draft = (request.args.get("q") or "")[:MAX_QUESTION_CHARS]
+    examples = [] if turns else _example_questions(EXAMPLES)
     return render_template("chat/index.html", cid=cid, turns=turns, draft=draft,
-                           render=_render_turn_answer)
+                           examples=examples, render=_render_turn_answer)
+
+
+def example_question(title: str) -> str:
+    """A post title as a question: "How to X" -> "How do I X?", other titles asked about."""
+    title = " ".join(title.split())
+    if title.endswith("?"):
+        return title
+    how_to = re.match(r"how to\s+(.+?)[.!]*$", title, re.IGNORECASE)
+    if how_to:
+        return f"How do I {how_to.group(1)}?"
+    return f"What does the blog say about “{title}”?"
+
+
+def _example_questions(n: int) -> list[str]:
+    """Questions from the n most recent posts; none when the database is missing, empty or busy."""
+    svc = services()
+    if not svc.settings.db_path.exists():
+        return []
+    try:
+        with svc.reading() as conn:
+            posts = example_posts(conn, n)
+    except (HTTPException, *database_errors()):
+        # Examples are a nicety: a busy, damaged or not yet ingested database must not
+        # keep anyone from the page (asking says what is wrong).
+        return []
+    return [example_question(post.title) for post in posts]
 
 
 def _render_turn_answer(turn: Turn):
-    return highlight_citations(render_markdown(turn.answer), len(turn.sources), turn.id)
+    """The finished answer (page and SSE swap alike): checked text, copy button, timings."""
+    # Markup: render_template gives a str, which {{ render(turn) }} would escape.
+    html = checked_answer(turn.answer, turn.segments, len(turn.sources), turn.id,
+                          answered=turn.answered)
+    return Markup(render_template("chat/_answer.html", turn=turn, html=html))
 
 
 @bp.post("/chat")
@@ -131,12 +163,19 @@ def _run_turn(cid: str, turn: Turn):
         for event in _events(turn.question, history, turn.stop):
             if event.kind == "sources":
                 turn.sources = event.data
+            elif event.kind == "quick":
+                turn.quick = event.data
             elif event.kind == "token":
                 turn.answer += event.data
+            elif event.kind == "checked":
+                turn.answer, turn.segments = event.data["text"], event.data["segments"]
             elif event.kind == "error":
                 turn.state, turn.error = "error", event.data["message"]
             elif event.kind == "done":
                 turn.state = "stopped" if event.data["stopped"] else "done"
+                turn.answered = event.data["answered"]
+                turn.timings = {key: event.data.get(key) for key in TIMINGS}
+                turn.timings["quick_ms"] = turn.quick.get("ms") if turn.quick else None
             yield event
     finally:
         if turn.state == "pending":  # the client went away mid-answer
@@ -177,6 +216,8 @@ def stream_turn(turn_id: str):
                                     "question(s) ahead…")
             elif event.kind == "sources":
                 yield sse("status", "Answering…")
+            elif event.kind == "quick":
+                yield sse("quick", render_template("chat/_quick.html", turn=turn))
             elif event.kind == "token":
                 yield sse("token", str(escape(event.data)))
             elif event.kind == "error":

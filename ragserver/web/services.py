@@ -35,6 +35,10 @@ class Turn:
     question: str
     answer: str = ""
     sources: list = field(default_factory=list)
+    quick: dict | None = None  # the quoted quick answer, when the posts had one
+    segments: list = field(default_factory=list)  # the checked answer, sentence by sentence
+    answered: bool = True  # False when the posts did not cover the question
+    timings: dict = field(default_factory=dict)  # from the done event, shown on request
     state: str = "pending"  # pending, done, stopped, error
     error: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
