@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from werkzeug.serving import make_server
 
 from conftest import running_server
+from ragserver import create_app, store
+from ragserver.db import connect
+from ragserver.web.chat import example_question
+from test_chat import INVENTED, WAL_QUESTION, finished_turn
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -148,3 +154,164 @@ def test_search_page_updates_as_you_type(browser, server):
     expect(page.locator("#q")).to_have_value("recursive CTE")
     assert len(loads) == 1, loads  # one full page load: everything else was swapped in
     page.close()
+
+
+# -- typing, example questions, the quick answer ----------------------------
+
+def turn_count(page) -> int:
+    return page.locator("#turns article.turn").count()
+
+
+def test_enter_asks_and_shift_enter_starts_a_new_line(browser, server):
+    """Enter sends the question (htmx, the examples make way); Shift+Enter adds a line;
+    Enter in an empty box does nothing."""
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.set_default_timeout(SLOW)
+    page.goto(server + "/")
+    box = page.locator("#question")
+    expect(page.locator("#examples")).to_be_visible()
+    box.press("Enter")
+    box.fill("   ")
+    box.press("Enter")
+    box.fill("How do I call pip")
+    box.press("Shift+Enter")
+    box.press_sequentially("from Python?")
+    page.wait_for_timeout(300)  # time for a submission that should not happen
+    expect(box).to_have_value("How do I call pip\nfrom Python?")
+    assert turn_count(page) == 0
+
+    question = "How do I call pip programmatically from Python?"
+    box.fill(question)
+    box.press("Enter")
+    turn = page.locator("#turns article.turn").first
+    expect(turn.locator(".question")).to_have_text(question, timeout=5_000)
+    expect(box).to_have_value("")
+    expect(page.locator("#examples")).to_be_hidden()
+    expect(turn.locator(".rendered")).not_to_be_empty(timeout=SLOW)
+    assert turn_count(page) == 1
+    # Copy answer on a streamed answer: its Markdown, as the server checked it.
+    copy = turn.locator("button.copy")
+    if copy.count():  # not when the posts did not cover the question
+        copy.click()
+        expect(copy).to_have_text("Copied")
+        assert page.evaluate("navigator.clipboard.readText()") == copy.get_attribute("data-copy")
+    context.close()
+
+
+def test_example_questions_fill_in_the_form(browser, server, seeded_db):
+    """An empty conversation offers questions from the newest posts and a link to search;
+    a click puts one in the form, ready to send or edit, without sending it."""
+    conn = connect(seeded_db)
+    expected = [example_question(p.title) for p in store.example_posts(conn, 4)]
+    conn.close()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server + "/")
+    examples = page.locator("button.example")
+    expect(examples).to_have_text(expected)
+    expect(page.locator("#examples a[href='/search']")).to_be_visible()
+    examples.nth(1).click()
+    box = page.locator("#question")
+    expect(box).to_have_value(expected[1])
+    expect(box).to_be_focused()
+    page.wait_for_timeout(300)
+    assert turn_count(page) == 0
+    expect(page.locator("#examples")).to_be_visible()
+    page.close()
+
+
+def test_quick_answer_comes_before_the_answer_and_links_its_source(chat):
+    """The quoted quick answer is in the turn while tokens still stream, with its source."""
+    chat.evaluate("""() => {
+        window.quickSeen = {};
+        new MutationObserver(() => {
+            for (const turn of document.querySelectorAll('#turns article.turn')) {
+                if (turn.id in window.quickSeen || !turn.querySelector('.quick')) continue;
+                window.quickSeen[turn.id] = turn.querySelector('.rendered').textContent.trim();
+            }
+        }).observe(document.getElementById('turns'), {childList: true, subtree: true});
+    }""")
+    turn = ask(chat, WAL_QUESTION)
+    quick = turn.locator(".quick")
+    expect(quick).to_be_visible(timeout=SLOW)
+    expect(turn.locator(".rendered")).not_to_be_empty(timeout=SLOW)
+    turn_id = turn.get_attribute("id")
+    assert chat.evaluate("id => window.quickSeen[id]", turn_id) == ""  # nothing rendered yet
+    link = quick.locator(".attribution a").get_attribute("href")
+    assert link.startswith("https://til.example/sqlite/enabling-wal-mode"), link
+    assert link in [a.get_attribute("href") for a in turn.locator("ol.sources li a").all()]
+    cite = quick.locator("a.cite").get_attribute("href")
+    expect(turn.locator(f"[id='{cite[1:]}'] a")).to_have_attribute("href", link)
+
+
+# -- a finished answer, served in-process so that the test can make it -------
+
+@pytest.fixture(scope="module")
+def local(seeded_db):
+    """(app, base URL) of the app served by werkzeug in this process: a test adds a turn
+    with a known answer to its conversations, then opens it. No model is loaded."""
+    app = create_app({"db": str(seeded_db)})
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield app, f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+def open_finished_turn(browser, local, cid: str, **context_args):
+    """A page showing one finished answer with an unsupported sentence; (page, turn)."""
+    app, url = local
+    turn = finished_turn(app, cid)
+    turn.answer += "\n\n```sql\nPRAGMA journal_mode=wal;\n```"  # shown otherwise than written
+    context = browser.new_context(**context_args)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(f"{url}/?c={cid}")
+    return page, turn
+
+
+def test_an_unsupported_sentence_is_marked_with_a_tooltip(browser, local):
+    page, _ = open_finished_turn(browser, local, "marked")
+    mark = page.locator(".rendered .unsupported")
+    expect(mark).to_have_count(1)
+    expect(mark).to_be_visible()
+    expect(mark).to_have_attribute("title", re.compile(r"^Not found in the sources"))
+    before = mark.evaluate("m => m.previousSibling.textContent")
+    assert before.endswith(INVENTED), before
+    page.context.close()
+
+
+def test_copy_answer_copies_the_markdown(browser, local):
+    page, turn = open_finished_turn(browser, local, "copy",
+                                    permissions=["clipboard-read", "clipboard-write"])
+    copy = page.locator("button.copy")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == turn.answer
+    expect(copy).to_have_text("Copy answer", timeout=5_000)  # after 2 seconds
+    page.context.close()
+
+
+def test_copy_answer_without_a_clipboard_selects_the_answer(browser, local):
+    page, _ = open_finished_turn(browser, local, "no-clipboard")
+    page.add_init_script("Object.defineProperty(navigator, 'clipboard', {value: undefined})")
+    page.reload()
+    page.locator("button.copy").click()
+    expect(page.locator("button.copy")).to_have_text("Press Ctrl+C")
+    selected = page.evaluate("getSelection().toString()")
+    assert INVENTED in selected and "PRAGMA journal_mode=wal;" in selected
+    assert "Copy answer" not in selected and "Timings" not in selected
+    page.context.close()
+
+
+def test_timings_are_closed_until_asked_for(browser, local):
+    page, _ = open_finished_turn(browser, local, "timings")
+    timings = page.locator("details.timings")
+    expect(timings).not_to_have_attribute("open", re.compile(".*"))
+    expect(timings.locator("dl")).to_be_hidden()
+    timings.locator("summary").click()
+    expect(timings.locator("dl")).to_be_visible()
+    expect(timings.locator("dt").first).to_have_text("Finding passages")
+    expect(timings.locator("dd").first).to_have_text("12 ms")
+    assert float(timings.evaluate("d => getComputedStyle(d).fontSize")[:-2]) >= 12
+    page.screenshot(path="/tmp/chat-finished.png", full_page=True)
+    page.context.close()
