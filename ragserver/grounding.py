@@ -146,7 +146,7 @@ def check_answer(text: str, sources: list[str], question: str = "",
         if kind == "code":
             segments.append(_judge_code(piece, flat))
         else:
-            segments.append(_judge_prose(piece, flat, vocab, given, question))
+            segments.append(_judge_prose(piece, flat, vocab, given))
     added = 0
     if complete:
         cleaned, segments, added = _cite_supported(cleaned, segments)
@@ -197,13 +197,13 @@ def _judge_code(block: str, flat: list[str]) -> Segment:
     return Segment("code", block, not missing, tuple(found), tuple(missing))
 
 
-def _judge_prose(sentence: str, flat: list[str], vocab: list[set[str]], given: set[str],
-                 question: str) -> Segment:
-    """Supported when its code spans stand in a source (or the question) and most of its
-    other content words do."""
+def _judge_prose(sentence: str, flat: list[str], vocab: list[set[str]],
+                 given: set[str]) -> Segment:
+    """Supported when its code spans stand in a source and most of its other content words
+    do. A span the question names is no exception: that the reader asked about `--foo`
+    does not make an answer built on it true (and `test` stood in "tests")."""
     spans = [normalize(s) for s in INLINE_CODE.findall(sentence) if len(s.strip()) >= 3]
-    asked = normalize(question)
-    missing_spans = [s for s in spans if not _where(s, flat) and s not in asked]
+    missing_spans = [s for s in spans if not _where(s, flat)]
     claim = words(INLINE_CODE.sub(" ", sentence)) - given
     if not spans and len(claim) < MIN_CLAIM_WORDS:
         return Segment("prose", sentence, None)

@@ -53,6 +53,13 @@ def test_a_restated_question_is_not_an_invention():
     assert [s.supported for s in checked.segments] == [None]
 
 
+def test_a_command_the_question_names_still_needs_a_source():
+    question = "How do I run my slow tests only when I pass --cloud?"
+    checked = check_answer("Pass `--cloud` to the `test` command [1].", SOURCES, question)
+    assert checked.segments[0].supported is False
+    assert set(checked.segments[0].missing) >= {"--cloud", "test"}
+
+
 def test_the_page_marks_what_the_sources_do_not_support():
     answer = ("Use `PRAGMA journal_mode=wal` [1]. Then run `sqlite3 --turbo` [5].\n\n"
               "```\nrm -rf /tmp/db\n```")
