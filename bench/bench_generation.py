@@ -2,8 +2,8 @@
 
 One question about the sqlite posts (ingested into a temporary database), answered with
 the same GGUF, the same prompt (captured from `ragserver.answer.answer` itself), thread
-count, token limit and sampling settings (temperature 0.2, repeat penalty 1.2, no fixed
-seed, as ragserver's LocalChatModel) four ways, interleaved in every repeat:
+count, token limit and sampling settings (ragserver.llm.SAMPLING, as ragserver's
+LocalChatModel) four ways, interleaved in every repeat:
 
 - raw: `llama_cpp.Llama.create_chat_completion(stream=True)` in this process;
 - server: `POST /api/ask` to gunicorn started from the Procfile; TTFT from sending the
@@ -32,21 +32,34 @@ from pathlib import Path
 
 from bench_search import Server
 from common import COMPARE_HEADERS, CORPUS, Figure, Section, compare, table
+from ragserver.llm import SAMPLING
 
 QUESTION = "How do I enable WAL mode for a SQLite database?"
 OTHER = "How do I compile SQLite on Ubuntu?"  # asked in between, so no prompt is cached
 TOPIC = "sqlite"
 
+OLD_SAMPLING = {"temperature": 0.2, "repeat_penalty": 1.2}  # results kept before it was stored
+
+
+def sampling_text(sampling: dict) -> str:
+    """How a run sampled, for the report."""
+    if not sampling["temperature"]:
+        return f"greedy, repeat penalty {sampling['repeat_penalty']}"
+    return (f"temperature {sampling['temperature']}, repeat penalty "
+            f"{sampling['repeat_penalty']}, no fixed seed")
+
+
 RAW_SCRIPT = r"""
 import json, sys, time
 from llama_cpp import Llama
-path, (context, threads, batch_threads, max_tokens) = sys.argv[1], map(int, sys.argv[2:])
+path, (context, threads, batch_threads, max_tokens) = sys.argv[1], map(int, sys.argv[2:6])
+sampling = json.loads(sys.argv[6])
 messages = json.loads(sys.stdin.read())
 llama = Llama(model_path=path, n_ctx=context, n_threads=threads, n_threads_batch=batch_threads,
               verbose=False)
 asked, first = time.perf_counter(), None
 for chunk in llama.create_chat_completion(messages=messages, max_tokens=max_tokens,
-                                          temperature=0.2, repeat_penalty=1.2, stream=True):
+                                          stream=True, **sampling):
     piece = chunk["choices"][0]["delta"].get("content")
     if piece:
         first = first or time.perf_counter()
@@ -104,13 +117,12 @@ class PromptRecorder:
 
 def ragserver_prompt(question: str, settings, conn, embedder, tokenizer) -> tuple[list, list]:
     """(messages, passage ids) exactly as ragserver would send them to the model."""
-    from ragserver.answer import answer
+    from ragserver.answer import Options, answer
     from ragserver.llm import Gate
 
     recorder = PromptRecorder(tokenizer)
     events = list(answer(question, [], conn=conn, embedder=embedder, model=recorder, gate=Gate(),
-                         k=settings.retrieve_k, min_score=settings.min_score,
-                         max_answer_tokens=settings.max_answer_tokens))
+                         options=Options.from_settings(settings)))
     ids = [s["passage_id"] for e in events if e.kind == "sources" for s in e.data]
     return recorder.messages, ids
 
@@ -118,7 +130,7 @@ def ragserver_prompt(question: str, settings, conn, embedder, tokenizer) -> tupl
 def raw_events(llama, messages, max_tokens: int):
     """Token events from llama-cpp-python, with ragserver's sampling settings."""
     for chunk in llama.create_chat_completion(messages=messages, max_tokens=max_tokens,
-                                              temperature=0.2, repeat_penalty=1.2, stream=True):
+                                              stream=True, **SAMPLING):
         piece = chunk["choices"][0]["delta"].get("content")
         if piece:
             yield "token", piece
@@ -186,7 +198,7 @@ def answer_all(quick: bool, tmp: Path) -> dict:
            "RAGSERVER_MAX_ANSWER_TOKENS": str(max_tokens)}
     cli = [str(Path(sys.executable).parent / "ragserver"), "ask", "--json", QUESTION]
     script = [sys.executable, "-c", RAW_SCRIPT, str(gguf), str(settings.llm_context),
-              str(threads), str(batch_threads), str(max_tokens)]
+              str(threads), str(batch_threads), str(max_tokens), json.dumps(SAMPLING)]
 
     def timed_events(events_from, *args) -> Run:
         started = time.perf_counter()
@@ -214,6 +226,7 @@ def answer_all(quick: bool, tmp: Path) -> dict:
                       for r in runs["server"] + runs["cli"])
     return {"runs": runs, "max_tokens": max_tokens, "repeats": repeats, "model": gguf.name,
             "threads": llama.n_threads, "threads_batch": llama.n_threads_batch,
+            "sampling": SAMPLING,
             "passages": len(passage_ids), "prompt_tokens": prompt_tokens,
             "same_prompt": same_prompt}
 
@@ -277,8 +290,9 @@ def run(quick: bool) -> Section:
         f"about {result['prompt_tokens']} tokens; the server and CLI retrieved the same "
         f"passages: {'yes' if result['same_prompt'] else '**no**'}), at most "
         f"{result['max_tokens']} tokens, {result['threads']} thread(s) generating and "
-        f"{result['threads_batch']} reading the prompt, ragserver's sampling (temperature "
-        f"0.2, repeat penalty 1.2, no fixed seed). {result['repeats']} repeats after a "
+        f"{result['threads_batch']} reading the prompt, ragserver's sampling "
+        f"({sampling_text(result.get('sampling', OLD_SAMPLING))}). "
+        f"{result['repeats']} repeats after a "
         f"warm-up; raw and server answer another question before each measured one, so "
         f"neither reuses a cached prompt; then both answer the same question again, whose "
         f"prompt llama.cpp has cached, which leaves ragserver's own work in the TTFT. "

@@ -149,8 +149,9 @@ def build_messages(question: str, history: list[dict], sources: list[Source], mo
     """Prompt that fits the model's window: lowest-ranked passages go first, then old turns.
 
     Passages are never cut: the best-ranked ones that fit are kept whole, in rank order.
-    (Windows of each passage around its best sentence, and the best passage last, next to
-    the question, were measured and did not help: docs/answer-quality.md.)
+    (Windows of each passage around its best sentence, the best passage last, next to the
+    question, and the quick answer's quote repeated before the question were measured and
+    did not help: docs/answer-quality.md.)
     """
     budget = model.context_size - max_answer_tokens - SAFETY_TOKENS
     budget -= model.count_tokens(SYSTEM_PROMPT)
@@ -210,9 +211,10 @@ def answer(question: str, history, *, conn, embedder: Embedder, model: ChatModel
                              "tokens": 0, "tokens_per_s": None, "stopped": False,
                              "answered": False, "relevance": gate_info})
         return
+    relevant = [h for h in hits if (h.similarity or 0) >= options.min_score]
     candidates = [Source(i + 1, h.passage_id, h.source, h.title, h.url, h.anchor, h.text,
                          h.similarity or 0.0, h.heading_path)
-                  for i, h in enumerate(h for h in hits if (h.similarity or 0) >= options.min_score)]
+                  for i, h in enumerate(relevant)]
     yield Event("sources", [s.as_dict() for s in candidates])
     quick = quick_answer(question, candidates, embedder) if options.quick else None
     if quick is not None:
