@@ -2,8 +2,8 @@
 
     python bench/report.py [--quick] [NAME ...]      # ./run bench does this
 
-NAME picks some of the benchmarks (ingest, search, index, threads, generation, serving, load); --quick
-runs fewer repeats on less data, to check the benchmarks themselves.
+NAME picks some of the benchmarks (ingest, search, index, threads, generation, serving, load,
+answers); --quick runs fewer repeats on less data, to check the benchmarks themselves.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from common import ROOT, machine  # noqa: E402
 
-BENCHMARKS = ["ingest", "search", "index", "threads", "generation", "serving", "load"]
-MODULES = {"load": "load_test"}  # also run alone: python bench/load_test.py
+BENCHMARKS = ["ingest", "search", "index", "threads", "generation", "serving", "load", "answers"]
+# also run alone: python bench/load_test.py, python bench/answer_quality.py
+MODULES = {"load": "load_test", "answers": "answer_quality"}
 RESULTS = HERE / "results.json"
 OUT = ROOT / "docs" / "benchmarks.md"
 
