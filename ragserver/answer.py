@@ -216,43 +216,70 @@ def answer(question: str, history, *, conn, embedder: Embedder, model: ChatModel
                          h.similarity or 0.0, h.heading_path)
                   for i, h in enumerate(relevant)]
     yield Event("sources", [s.as_dict() for s in candidates])
-    quick = quick_answer(question, candidates, embedder) if options.quick else None
-    if quick is not None:
-        source = candidates[quick.n - 1]
-        yield Event("quick", {**quick.as_dict(), "title": source.title, "link": source.link,
-                              "ms": round((time.perf_counter() - started) * 1000, 1)})
+    quick = _Quick(question, candidates, embedder, started, options.quick)
     timings = {"retrieval_ms": round(retrieval_ms, 1), "relevance": gate_info}
     if model is None:
+        yield from quick.events()
         yield Event("done", {**timings, "ttft_ms": None, "tokens": 0, "tokens_per_s": None,
-                             "stopped": False, "answered": quick is not None, "model": None})
+                             "stopped": False, "answered": quick.found, "model": None})
         return
     try:
         for position in gate.wait(options.queue_timeout):
+            yield from quick.events()  # a reader who waits for the model sees it first
             yield Event("queued", {"position": position})
     except (TimeoutError, QueueFull) as error:
+        yield from quick.events()
         yield Event("error", {"message": str(error)})
         return
     try:
-        yield from _generate(question, history, candidates, model, options, should_stop, timings)
+        yield from _generate(question, history, candidates, model, options, should_stop, timings,
+                             quick)
     finally:
         gate.release()
 
 
-def _generate(question, history, candidates, model, options, should_stop, timings):
-    """Stream the model's answer with the loop guard, then check it against the sources."""
+class _Quick:
+    """The quick answer, worked out once when it is first wanted: before the first
+    `queued` event, or once the model has been sent the prompt, so that the model reads
+    the prompt in its own process while this process finds the quotes (about 150 ms that
+    would otherwise delay the first token)."""
+
+    def __init__(self, question: str, candidates: list[Source], embedder: Embedder,
+                 started: float, enabled: bool):
+        self.question, self.candidates, self.embedder = question, candidates, embedder
+        self.started, self.pending, self.found = started, enabled, False
+
+    def events(self) -> Iterator[Event]:
+        if not self.pending:
+            return
+        self.pending = False
+        quick = quick_answer(self.question, self.candidates, self.embedder)
+        if quick is None:
+            return
+        self.found = True
+        source = self.candidates[quick.n - 1]
+        yield Event("quick", {**quick.as_dict(), "title": source.title, "link": source.link,
+                              "ms": round((time.perf_counter() - self.started) * 1000, 1)})
+
+
+def _generate(question, history, candidates, model, options, should_stop, timings, quick):
+    """Send the prompt, show the quick answer while the model reads it, stream the model's
+    answer with the loop guard, then check it against the sources."""
     try:
         messages, kept = build_messages(question, history, candidates, model,
                                         options.max_answer_tokens)
+        asked = time.perf_counter()
+        stream = model.stream(messages, options.max_answer_tokens)
     except LLMError as error:
+        yield from quick.events()
         yield Event("error", {"message": str(error)})
         return
-    asked = time.perf_counter()
     first = None
     tokens = 0
     text = ""
     stopped = looped = False
-    stream = model.stream(messages, options.max_answer_tokens)
     try:
+        yield from quick.events()
         for piece in stream:
             if should_stop():
                 stopped = True

@@ -26,7 +26,6 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator
 
 from .llm import LLMError, LocalChatModel, Message
 
@@ -189,6 +188,11 @@ class ProcessChatModel:
         return child is not None and bool(child.info) and child.alive()
 
     @property
+    def answering(self) -> bool:
+        """Whether an answer holds the child (sent, and not yet ended or closed)."""
+        return self._lock.locked()
+
+    @property
     def pid(self) -> int | None:
         child = self._child
         return child.pid if child is not None and child.alive() else None
@@ -349,27 +353,19 @@ class ProcessChatModel:
                 raise LLMError(reply["error"])
             return reply["tokens"]
 
-    def stream(self, messages: list[Message], max_tokens: int) -> Iterator[str]:
-        """Answer text piece by piece; closing the iterator cancels the generation."""
-        with self._lock:
+    def stream(self, messages: list[Message], max_tokens: int) -> "_Answer":
+        """Answer text piece by piece; closing the iterator cancels the generation. The
+        request goes to the child now, not at the first piece: it reads the prompt while
+        the caller does other work (the quick answer)."""
+        self._lock.acquire()
+        try:
             child = self._ready_child()
             request = self._request(child, {"op": "chat", "messages": messages,
                                             "max_tokens": max_tokens}, "answering")
-            finished = False
-            try:
-                while True:
-                    reply = self._next(child, "answering")
-                    if "token" in reply:
-                        yield reply["token"]
-                    elif "end" in reply:
-                        finished = child.answered = True
-                        return
-                    elif "error" in reply:
-                        finished = True
-                        raise LLMError(f"generation failed: {reply['error']}")
-            finally:
-                if not finished and self._child is child:
-                    self._cancel(child, request)
+        except BaseException:
+            self._lock.release()
+            raise
+        return _Answer(self, child, request)
 
     def _cancel(self, child: _Child, request: int) -> None:
         """Stop a generation the reader no longer wants; kill a child that won't stop."""
@@ -385,6 +381,54 @@ class ProcessChatModel:
         self.last_failure = (f"the answer model did not stop within {CANCEL_GRACE} s of being "
                              "cancelled and was killed")
         self._replace(child)
+
+
+class _Answer:
+    """The pieces of one answer from the child. The model's lock is held from the request
+    until the answer ends or is closed; closing it early cancels the generation."""
+
+    def __init__(self, model: ProcessChatModel, child: _Child, request: int):
+        self.model, self.child, self.request = model, child, request
+        self.over = False
+
+    def __iter__(self) -> "_Answer":
+        return self
+
+    def __next__(self) -> str:
+        if self.over:
+            raise StopIteration
+        try:
+            reply = self.model._next(self.child, "answering")
+        except BaseException:
+            self._end(cancel=True)  # a child that died is no longer current: not cancelled
+            raise
+        if "token" in reply:
+            return reply["token"]
+        if "error" in reply:
+            self._end(cancel=False)
+            raise LLMError(f"generation failed: {reply['error']}")
+        self.child.answered = True  # "end"
+        self._end(cancel=False)
+        raise StopIteration
+
+    def close(self) -> None:
+        self._end(cancel=True)
+
+    def __del__(self) -> None:  # dropped unfinished: free the model for the next answer
+        try:
+            self._end(cancel=True)
+        except Exception:
+            pass
+
+    def _end(self, cancel: bool) -> None:
+        if self.over:
+            return
+        self.over = True
+        try:
+            if cancel and self.model._child is self.child:
+                self.model._cancel(self.child, self.request)
+        finally:
+            self.model._lock.release()
 
 
 def default_memory_limit(path: Path) -> int:

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from ragserver.llm import LLMError, packaged_gguf
+from ragserver.answer import Options, answer
+from ragserver.llm import Gate, LLMError, packaged_gguf
 from ragserver.model_process import ModelDied, ProcessChatModel
 
 HELLO = [{"role": "user", "content": "Tell me about SQLite databases in a few sentences."}]
@@ -141,3 +142,21 @@ def _is_zombie(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_the_model_reads_the_prompt_while_the_quick_answer_is_found(model, seeded_conn,
+                                                                     embedder):
+    events = answer("How do I enable WAL mode for a SQLite database?", [], conn=seeded_conn,
+                    embedder=embedder, model=model, gate=Gate(),
+                    options=Options(max_answer_tokens=8))
+    kinds = []
+    for event in events:
+        kinds.append(event.kind)
+        if event.kind == "quick":
+            assert model.answering  # the prompt went to the child before the quotes were found
+            break
+    assert kinds == ["sources", "quick"]
+    events.close()  # the reader hangs up before the first token
+    assert not model.answering
+    assert "".join(model.stream(HELLO, 8)).strip()  # and the model answers the next one
+
