@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextlib import contextmanager
 
@@ -11,6 +12,7 @@ import click
 
 from . import config as config_module
 from . import store
+from .grounding import CITATION
 
 EXIT_ERROR = 1
 EXIT_SKIPPED = 3
@@ -397,7 +399,7 @@ def ask(question, db, number, as_json):
                 model.count_tokens("load")  # a missing or broken model fails before retrieval
         except LLMError as error:
             raise click.ClickException(f"{error}. `ragserver doctor` checks the models.") from None
-        sources, checked, failed = [], None, None
+        sources, checked, failed, printed = [], None, None, ""
         options = Options.from_settings(settings, **({"k": number} if number else {}))
         for event in answer(question, [], conn=conn, embedder=embedder, model=model, gate=Gate(),
                             options=options):
@@ -408,6 +410,7 @@ def ask(question, db, number, as_json):
                 _print_quick(event.data, answer_follows=model is not None)
             elif event.kind == "token":
                 click.echo(event.data, nl=False)
+                printed += event.data
             if event.kind == "sources":
                 sources = event.data
             elif event.kind == "checked":
@@ -425,7 +428,7 @@ def ask(question, db, number, as_json):
     if not as_json:
         click.echo("\n")
         if checked:
-            _print_checks(checked)
+            _print_checks(checked, printed)
         for s in sources:
             label = " › ".join([s["title"], *s["headings"]])
             click.echo(f"[{s['n']}] {label} — {s['link'] or s['source']}")
@@ -441,13 +444,20 @@ def _print_quick(quick: dict, answer_follows: bool) -> None:
         click.echo("Answer:")
 
 
-def _print_checks(checked: dict) -> None:
-    """What the grounding checks found in the answer just printed."""
+def _print_checks(checked: dict, printed: str) -> None:
+    """What the grounding checks found in the answer just `printed`."""
     if checked["looped"]:
         click.echo("(The model began repeating itself; the repeats are cut.)")
     if checked["removed_citations"]:
         click.echo(f"(Removed citations of sources the model was not given: "
                    f"{', '.join(f'[{n}]' for n in checked['removed_citations'])}.)")
+    cited_by_check = [s for s in checked["segments"] if s["kind"] == "prose" and s["supported"]
+                      and s["sources"] and s["text"] not in printed]
+    if cited_by_check:
+        click.echo("Found in the sources, though the model did not cite them:")
+        for segment in cited_by_check:
+            flat = " ".join(re.sub(r"\s*" + CITATION.pattern, "", segment["text"]).split())
+            click.echo(f"  [{segment['sources'][0]}] {flat[:150]}{'…' if len(flat) > 150 else ''}")
     unsupported = [s for s in checked["segments"] if s["supported"] is False]
     if unsupported:
         click.echo(f"Not found in the sources ({len(unsupported)} of "

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 
 from conftest import CORPUS, ragserver
+
+from ragserver import cli
+from ragserver.grounding import check_answer
 
 
 def test_ingest_search_stats_roundtrip(tmp_path, posts_dir):
@@ -119,3 +123,19 @@ def test_ask_fails_clearly_without_posts_or_model(tmp_path, seeded_db):
                           env={"RAGSERVER_LLM_MODEL": str(broken)})
     assert bad_model.returncode == 1 and "cannot load" in bad_model.stderr
     assert "Traceback" not in no_posts.stderr + no_model.stderr + bad_model.stderr
+
+
+def test_ask_says_where_the_sentences_it_cited_for_the_model_come_from(capsys):
+    # What `ragserver ask` prints after streaming an answer: the citations the check added
+    # are not in the streamed text, so they are listed; unsupported sentences are marked.
+    printed = "Run `sqlite-utils enable-wal my.db` to switch it on. Or try `sqlite3 --turbo`."
+    sources = ["Enable WAL with the sqlite-utils tool: `sqlite-utils enable-wal my.db`."]
+    checked = check_answer(printed, sources, "How do I enable WAL mode?")
+    cli._print_checks({"text": checked.text, "segments": [asdict(s) for s in checked.segments],
+                       **checked.counts(), "looped": False}, printed)
+    out = capsys.readouterr().out
+    assert ("Found in the sources, though the model did not cite them:\n"
+            "  [1] Run `sqlite-utils enable-wal my.db` to switch it on.\n") in out
+    assert "⚠ Or try `sqlite3 --turbo`." in out
+    assert "cites none" not in out
+
