@@ -286,11 +286,13 @@ def llm_cli(path: Path, query: str) -> float:
 # -- through gunicorn ---------------------------------------------------------------
 
 class Server:
-    """gunicorn started from the Procfile on a free port, serving `db`; stopped on exit."""
+    """gunicorn started from the Procfile on a free port, serving `db`; stopped on exit.
+    Without rate limits: a benchmark is one client (127.0.0.1) asking many times, and the
+    search benchmark's 120 searches a minute ran into RAGSERVER_SEARCH_RATE."""
 
     def __init__(self, db: Path, **env: str):
         self.db = db
-        self.env = env
+        self.env = {"RAGSERVER_ASK_RATE": "0", "RAGSERVER_SEARCH_RATE": "0", **env}
 
     def __enter__(self) -> "Server":
         with socket.socket() as s:

@@ -161,9 +161,6 @@ def paced(server: Server, texts: list[str]) -> list[tuple[float, float]]:
 
 # -- contention ---------------------------------------------------------------------
 
-NO_LIMITS = {"RAGSERVER_ASK_RATE": "0", "RAGSERVER_SEARCH_RATE": "0"}  # every client is 127.0.0.1
-
-
 def answers_beside(server: Server, repeats: int) -> dict[str, list[dict]]:
     """Answers idle and beside a busy neighbour, interleaved; their TTFT and tokens/s."""
     ask(server.url, question=OTHER)  # starts the model process
@@ -182,7 +179,7 @@ def contention(queries: list[str], repeats: int) -> dict:
     """Answers idle and beside a busy neighbour (with the default threads, then with two);
     then client-timed hybrid searches idle, while answers stream back to back, and while
     they do beside a busy neighbour."""
-    with Server(serving_db(), **NO_LIMITS) as server:
+    with Server(serving_db()) as server:
         server.search("warm up")
         answers = answers_beside(server, repeats)
         idle = [seconds for _, seconds in paced(server, [CASES[1](q) for q in queries])]
@@ -191,8 +188,8 @@ def contention(queries: list[str], repeats: int) -> dict:
         with neighbour(), Answering(server.url) as crowded:
             beside = paced(server, [CASES[3](q) for q in queries])
     # llama-cpp-python's own default on two cores: both threads, for both phases.
-    with Server(serving_db(), RAGSERVER_LLM_THREADS="2", RAGSERVER_LLM_BATCH_THREADS="2",
-                **NO_LIMITS) as server:
+    with Server(serving_db(), RAGSERVER_LLM_THREADS="2",
+                RAGSERVER_LLM_BATCH_THREADS="2") as server:
         two_threads = answers_beside(server, repeats)
     phases = [answering.phase(started) for started, _ in busy]
     return {"answers": answers, "two_threads": two_threads,
