@@ -240,8 +240,7 @@ def search(query, db, number, mode, as_json):
             shown = hit.similarity if hit.similarity is not None else hit.score
             click.echo(f"{rank}. [{shown:.3f}] {where}")
             click.echo(f"   {link or hit.source}")
-            snippet = " ".join(hit.text.split())
-            click.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}\n")
+            click.echo(f"   {_one_line(hit.text, 300)}\n")
 
 
 @cli.command(name="related")
@@ -434,6 +433,12 @@ def ask(question, db, number, as_json):
             click.echo(f"[{s['n']}] {label} — {s['link'] or s['source']}")
 
 
+def _one_line(text: str, length: int) -> str:
+    """Text on one line, whitespace collapsed, cut at `length` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat[:length] + ("…" if len(flat) > length else "")
+
+
 def _print_quick(quick: dict, answer_follows: bool) -> None:
     """The quoted quick answer, then a heading for the model's answer below it."""
     click.echo(f"From the posts [{quick['n']}] {quick['title']}:")
@@ -456,15 +461,14 @@ def _print_checks(checked: dict, printed: str) -> None:
     if cited_by_check:
         click.echo("Found in the sources, though the model did not cite them:")
         for segment in cited_by_check:
-            flat = " ".join(re.sub(r"\s*" + CITATION.pattern, "", segment["text"]).split())
-            click.echo(f"  [{segment['sources'][0]}] {flat[:150]}{'…' if len(flat) > 150 else ''}")
+            uncited = re.sub(r"\s*" + CITATION.pattern, "", segment["text"])
+            click.echo(f"  [{segment['sources'][0]}] {_one_line(uncited, 150)}")
     unsupported = [s for s in checked["segments"] if s["supported"] is False]
     if unsupported:
         click.echo(f"Not found in the sources ({len(unsupported)} of "
                    f"{checked['judged']} checked), check before relying on it:")
         for segment in unsupported:
-            flat = " ".join(segment["text"].split())
-            click.echo(f"  ⚠ {flat[:160]}{'…' if len(flat) > 160 else ''}")
+            click.echo(f"  ⚠ {_one_line(segment['text'], 160)}")
     if not checked["cited"] and checked["segments"]:
         click.echo("This answer cites none of the sources below: check it against them.")
     click.echo()

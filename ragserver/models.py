@@ -22,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 NONE = "none"
 
@@ -64,12 +65,17 @@ KNOWN = {m.name: m for m in (SMOLLM2, QWEN_CODER)}
 DEFAULT = QWEN_CODER.name
 
 
+def _blocks(path: Path) -> Iterator[bytes]:
+    """A file's bytes in 1 MB pieces."""
+    with open(path, "rb") as f:
+        yield from iter(lambda: f.read(1 << 20), b"")
+
+
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in pieces."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for block in _blocks(path):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -126,10 +132,9 @@ def join_parts(model: KnownModel, parts: list[Path], target: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as out:
             for part in parts:
-                with open(part, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                        out.write(block)
+                for block in _blocks(part):
+                    digest.update(block)
+                    out.write(block)
         if digest.hexdigest() != model.sha256:
             raise ModelFileError(
                 f"the parts of {model.name} joined into a file with SHA-256 "
