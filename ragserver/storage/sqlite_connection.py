@@ -1,4 +1,4 @@
-"""Open SQLite connections with sqlite-vss loaded, and own the schema."""
+"""SQLite connections with sqlite-vss and sqlite-vec loaded, and the schema they hold."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sqlite3
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+from .records import BackendUnavailable
 
 SCHEMA_VERSION = 1
 COLLECTION = "passages"
@@ -90,7 +92,7 @@ LLM_MIGRATIONS = (
 )
 
 
-class ExtensionError(RuntimeError):
+class ExtensionError(BackendUnavailable):
     """sqlite-vss could not be loaded into SQLite."""
 
 
@@ -209,40 +211,3 @@ def init_schema(conn) -> None:
             "INSERT OR IGNORE INTO _sqlite_migrations(migration_set, name, applied_at) "
             "VALUES ('llm.embeddings', ?, datetime('now'))",
             [(name,) for name in LLM_MIGRATIONS])
-
-
-class Reader:
-    """A read connection that reopens itself when another process changed the vector index.
-
-    sqlite-vss loads its index when a connection first touches it and never sees
-    later writes from other connections, so every index write bumps a generation
-    counter in `meta`, and this reader reconnects when the counter moved and the
-    index is sqlite-vss (sqlite-vec reads ordinary tables: nothing goes stale).
-    """
-
-    def __init__(self, path: str | Path, *, readonly: bool = False):
-        from . import store
-
-        self._store = store
-        self.path = Path(path)
-        self.readonly = readonly
-        self.reopened = 0
-        self._conn = connect(self.path, readonly=readonly)
-        self._generation = store.get_generation(self._conn)
-
-    def connection(self):
-        """The connection, reopened first if a sqlite-vss index changed since it was opened."""
-        generation = self._store.get_generation(self._conn)
-        if generation == self._generation:
-            return self._conn
-        if self._store.vector_index(self._conn).kind == "vss":
-            self._conn.close()
-            self._conn = connect(self.path, readonly=self.readonly)
-            generation = self._store.get_generation(self._conn)
-            self.reopened += 1
-        self._generation = generation
-        return self._conn
-
-    def close(self) -> None:
-        """Close the underlying connection."""
-        self._conn.close()

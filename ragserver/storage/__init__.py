@@ -1,0 +1,133 @@
+"""Where posts, passages and vectors live: the protocol every backend implements, and the
+table that picks a backend for a database path or URL.
+
+A second backend is one module with a class that implements `Storage`, plus its row
+in BACKENDS. Nothing outside this package knows which backend it talks to.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from .records import (BackendUnavailable, ExamplePost, Hit, KeptPassage, ModelInfo, ModelMismatchError, NewPassage,
+                      NewPost, NotADatabase, Post, RelatedPost, Stats, StoredPassage)
+
+__all__ = ["BACKENDS", "BackendUnavailable", "ExamplePost", "Hit", "KeptPassage", "ModelInfo", "ModelMismatchError",
+           "NewPassage", "NewPost", "NotADatabase", "Post", "RelatedPost", "Stats", "Storage",
+           "StoredPassage", "database_errors", "open_storage"]
+
+# URL scheme -> "module:class". A target without a scheme is a SQLite file path.
+BACKENDS = {
+    "sqlite": "ragserver.storage.sqlite:SQLiteStorage",
+}
+
+
+class Storage(Protocol):
+    """What ragserver needs from a database, whichever holds it.
+
+    Writes happen inside `transaction()`; every other method reads. Vectors are the
+    source of truth; a vector index is derived from them and can be rebuilt.
+    """
+
+    kind: str  # the BACKENDS key
+    errors: tuple[type[BaseException], ...]  # what a failing database raises
+
+    @property
+    def location(self) -> str: ...  # where the data lives, for messages
+
+    # -- connection --
+    def close(self) -> None: ...
+    def transaction(self) -> AbstractContextManager: ...
+    def refresh(self) -> None: ...  # let a long-lived reader see other writers' commits
+
+    # -- the model and the index --
+    def get_schema_version(self) -> int | None: ...
+    def get_model_info(self) -> ModelInfo | None: ...
+    def set_model_info(self, info: ModelInfo) -> None: ...
+    def check_model(self, info: ModelInfo) -> None: ...
+    def index_kind(self) -> str: ...
+    def set_vector_index(self, kind: str) -> None: ...
+    def get_generation(self) -> int: ...
+    def bump_generation(self) -> None: ...
+    def count_index_rows(self) -> int: ...
+    def rebuild_index(self, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None,
+                      vector_index: str | None = None) -> int: ...
+
+    # -- posts --
+    def get_post(self, source: str) -> Post | None: ...
+    def find_post(self, *, source: str | None = None, url: str | None = None) -> Post | None: ...
+    def list_posts(self) -> list[Post]: ...
+    def sources_for_origin(self, origin: str) -> set[str]: ...
+    def passages_for_post(self, post_id: int) -> list[StoredPassage]: ...
+    def write_post(self, post: NewPost, passages: list[NewPassage | KeptPassage],
+                   drop: list[int]) -> bool: ...
+    def move_post(self, source: str, origin: str) -> None: ...
+    def delete_post(self, post_id: int) -> int: ...
+    def example_posts(self, n: int) -> list[ExamplePost]: ...
+
+    # -- search --
+    def search_index(self, vector: np.ndarray, k: int) -> list[Hit]: ...
+    def search_keyword(self, text: str, k: int) -> list[Hit]: ...
+    def passage_vectors(self, passage_ids: list[int]) -> dict[int, np.ndarray]: ...
+
+    # -- related posts --
+    def stale_post_vectors(self) -> tuple[list[int], list[int]]: ...
+    def passage_vectors_of_posts(self, post_ids: list[int]) -> Iterator[tuple[int, str, np.ndarray]]: ...
+    def all_post_vectors(self) -> tuple[np.ndarray, np.ndarray]: ...
+    def related_lists(self) -> dict[int, list[tuple[int, float]]]: ...
+    def save_post_vectors(self, rows, gone: list[int]) -> None: ...
+    def save_related(self, lists: dict[int, list[tuple[int, float]]], gone: list[int]) -> None: ...
+    def related_for(self, post_id: int, n: int = 10) -> list[RelatedPost]: ...
+
+    # -- re-embedding with another model --
+    def start_reembed(self, model_key: str) -> None: ...
+    def passages_missing_reembed(self, limit: int) -> list[tuple[int, str, tuple[str, ...], str]]: ...
+    def save_reembed(self, model_key: str, rows) -> None: ...
+    def switch_model(self, info: ModelInfo) -> None: ...
+
+    # -- state --
+    def get_stats(self) -> Stats: ...
+    def extension_versions(self) -> dict: ...
+
+
+def backend_of(target: str | Path) -> str:
+    """The BACKENDS key for a database path or URL (a plain path is SQLite)."""
+    text = str(target)
+    scheme = text.split("://", 1)[0] if "://" in text else "sqlite"
+    if scheme not in BACKENDS:
+        raise ValueError(f"no storage backend for {scheme}:// (known: {', '.join(BACKENDS)})")
+    return scheme
+
+
+def _backend_class(name: str):
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def open_storage(target: str | Path, *, readonly: bool = False, create: bool = False) -> Storage:
+    """Open the database at `target`; `create` makes the schema of a new one.
+
+    Raises NotADatabase for a target that holds something else, and the backend's
+    own errors (see `database_errors`) when it cannot be opened at all.
+    """
+    text = str(target)
+    name = backend_of(text)
+    if name == "sqlite":
+        text = text.removeprefix("sqlite://")
+    return _backend_class(name)(text, readonly=readonly, create=create)
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """Exception classes a failing database raises, for every backend that can be loaded."""
+    errors: list[type[BaseException]] = []
+    for name in BACKENDS:
+        try:
+            errors += _backend_class(name).errors
+        except ImportError:  # a backend whose driver is not installed raises nothing
+            continue
+    return tuple(errors)
