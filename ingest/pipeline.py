@@ -10,24 +10,19 @@ and a rerun finishes the job.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from ragserver import related, store
-from ragserver.db import transaction
+from ragserver import related
 from ragserver.embedder import Embedder
+from ragserver.storage import KeptPassage, ModelInfo, NewPassage, NewPost, Post, Storage
 
 from .chunking import CHUNKER_VERSION, Passage, build_passages, embedding_text
 from .sources import Document, Skipped, Source
@@ -36,47 +31,6 @@ log = logging.getLogger("ragserver.ingest")
 
 EMBED_CHUNK = 256  # passages gathered (across posts) before embedding and writing them
 EMBED_STEP = 64  # passages per call to the model, so progress shows while embedding
-
-
-class IngestLocked(RuntimeError):
-    """Another ingest or reindex holds the database's lock."""
-
-
-class CannotWrite(RuntimeError):
-    """The database's folder cannot be written: a read-only file system, permissions."""
-
-
-@contextmanager
-def ingest_lock(db_path: Path):
-    """Hold <db>.lock for the duration; raise IngestLocked at once if someone else holds it."""
-    lock_path = Path(str(db_path) + ".lock")
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a+")
-    except OSError as error:
-        raise CannotWrite(f"cannot write in {lock_path.parent} ({error.strerror}); "
-                          "nothing was changed") from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise IngestLocked(
-                f"another ingest is already running on {db_path} (pid {holder}); "
-                "this run did nothing. Try again when it has finished.") from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
-        except OSError:
-            pass  # the pid only names the holder to a second ingest; a full disk must not stop us here
-        yield
-    finally:
-        handle.close()
 
 
 @dataclass
@@ -106,41 +60,41 @@ class _Pending:
     content_hash: str
     passages: list[Passage]
     hashes: list[str]
-    existing: store.Post | None
+    existing: Post | None
     reuse: dict[int, int]  # position in new passages -> id of the stored passage it keeps
     drop: list[int]  # stored passage ids no longer present
     embed_texts: list[str]  # for passages not in `reuse`, in order
 
 
-def post_hash(doc: Document, model: store.ModelInfo) -> str:
+def post_hash(doc: Document, model: ModelInfo) -> str:
     """Everything that decides a post's stored passages, hashed."""
     payload = [CHUNKER_VERSION, model.name, model.passage_prefix, doc.title, doc.url, doc.date,
                list(doc.tags), [[b.kind, b.text, b.level, b.anchor] for b in doc.blocks]]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def passage_hash(text_to_embed: str, model: store.ModelInfo) -> str:
+def passage_hash(text_to_embed: str, model: ModelInfo) -> str:
     """Identity of a passage's vector: model, prefix and the exact text embedded."""
     payload = json.dumps([model.name, model.passage_prefix, text_to_embed], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def prepare_model(conn, embedder: Embedder, vector_index: str = "vss") -> None:
+def prepare_model(db: Storage, embedder: Embedder, vector_index: str = "vss") -> None:
     """Record the model and index kind on a new database; refuse one built with another model."""
-    if store.get_model_info(conn) is None:
-        with transaction(conn):
-            if store.get_model_info(conn) is None:
-                store.set_vector_index(conn, vector_index)
-                store.set_model_info(conn, embedder.info)
-    store.check_model(conn, embedder.info)
+    if db.get_model_info() is None:
+        with db.transaction():
+            if db.get_model_info() is None:
+                db.set_vector_index(vector_index)
+                db.set_model_info(embedder.info)
+    db.check_model(embedder.info)
 
 
 class Ingester:
     """One ingest run against one open database."""
 
-    def __init__(self, conn, embedder: Embedder, *, commit_rows: int = 1000,
+    def __init__(self, db: Storage, embedder: Embedder, *, commit_rows: int = 1000,
                  on_event: Callable[[str, str], None] | None = None, vector_index: str = "vss"):
-        self.conn = conn
+        self.db = db
         self.embedder = embedder
         self.commit_rows = max(1, commit_rows)
         self.on_event = on_event or (lambda kind, name: None)
@@ -148,8 +102,7 @@ class Ingester:
         self.pending: list[_Pending] = []
         self.pending_rows = 0
         self.pending_origin_moves: list[tuple[str, str]] = []
-        prepare_model(conn, embedder, vector_index)
-        self.collection = store.collection_id(conn)
+        prepare_model(db, embedder, vector_index)
         self.prefix_tokens = embedder.count_tokens([embedder.info.passage_prefix])[0] \
             if embedder.info.passage_prefix else 0
 
@@ -180,7 +133,7 @@ class Ingester:
             if should_prune and source.listed:
                 self._prune(source.origin, seen)
         self.flush()
-        self.summary.related = related.refresh(self.conn)
+        self.summary.related = related.refresh(self.db)
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
@@ -192,7 +145,7 @@ class Ingester:
     def _add(self, doc: Document, origin: str) -> None:
         info = self.embedder.info
         digest = post_hash(doc, info)
-        existing = store.get_post(self.conn, doc.source)
+        existing = self.db.get_post(doc.source)
         if existing is not None and existing.content_hash == digest:
             self.summary.unchanged += 1
             if existing.origin != origin:
@@ -209,7 +162,7 @@ class Ingester:
         drop: list[int] = []
         if existing is not None:
             by_hash: dict[str, list[int]] = defaultdict(list)
-            for old in store.passages_for_post(self.conn, existing.id):
+            for old in self.db.passages_for_post(existing.id):
                 by_hash[old.content_hash].append(old.id)
             for position, digest_ in enumerate(hashes):
                 if by_hash.get(digest_):
@@ -256,14 +209,14 @@ class Ingester:
         self.pending_rows = 0
 
     def _write(self, batch: list[tuple[_Pending, np.ndarray]]) -> None:
-        with transaction(self.conn):
+        with self.db.transaction():
             index_changed = False
             for source, origin in self.pending_origin_moves:
-                store.move_post(self.conn, source, origin)
+                self.db.move_post(source, origin)
             for pending, vectors in batch:
                 index_changed |= self._write_post(pending, vectors)
             if index_changed:
-                store.bump_generation(self.conn)
+                self.db.bump_generation()
         self.pending_origin_moves = []
         for pending, vectors in batch:
             self.summary.embedded += len(vectors)
@@ -277,65 +230,32 @@ class Ingester:
 
     def _write_post(self, pending: _Pending, vectors: np.ndarray) -> bool:
         doc = pending.doc
-        post_id = store.save_post(self.conn, source=doc.source, origin=pending.origin,
-                                  title=doc.title, url=doc.url, date=doc.date, tags=doc.tags,
-                                  content_hash=pending.content_hash)
-        post = {"source": doc.source, "title": doc.title, "url": doc.url}
-        store.delete_passages(self.conn, self.collection, pending.drop)
         fresh = iter(vectors)
-        for position, passage in enumerate(pending.passages):
-            if position in pending.reuse:
-                store.move_passage(self.conn, self.collection, post, pending.reuse[position],
-                                   position, passage.heading_path, passage.anchor)
-            else:
-                store.insert_passage(self.conn, self.collection, post, post_id, store.NewPassage(
-                    position=position, heading_path=passage.heading_path, anchor=passage.anchor,
-                    text=passage.text, content_hash=pending.hashes[position],
-                    vector=next(fresh)))
-        return bool(pending.drop) or len(vectors) > 0
+        passages: list[NewPassage | KeptPassage] = [
+            KeptPassage(pending.reuse[position], position, passage.heading_path, passage.anchor)
+            if position in pending.reuse else
+            NewPassage(position=position, heading_path=passage.heading_path,
+                       anchor=passage.anchor, text=passage.text,
+                       content_hash=pending.hashes[position], vector=next(fresh))
+            for position, passage in enumerate(pending.passages)]
+        post = NewPost(source=doc.source, origin=pending.origin, title=doc.title, url=doc.url,
+                       date=doc.date, tags=tuple(doc.tags), content_hash=pending.content_hash)
+        return self.db.write_post(post, passages, pending.drop)
 
     def _prune(self, origin: str, seen: set[str]) -> None:
-        gone = sorted(store.sources_for_origin(self.conn, origin) - seen)
+        gone = sorted(self.db.sources_for_origin(origin) - seen)
         while gone:
             rows = 0
-            with transaction(self.conn):
+            with self.db.transaction():
                 while gone and rows < self.commit_rows:
                     source = gone.pop(0)
-                    rows += store.delete_post(self.conn, self.collection,
-                                              store.get_post(self.conn, source).id)
+                    rows += self.db.delete_post(self.db.get_post(source).id)
                     self.summary.deleted += 1
                     self.on_event("deleted", source)
-                store.bump_generation(self.conn)
+                self.db.bump_generation()
 
 
-def rebuild_index(conn, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None,
-                  vector_index: str | None = None) -> int:
-    """Drop the vector index and rebuild it (as `vector_index`, if given) from the stored
-    vectors; returns rows indexed."""
-    info = store.get_model_info(conn)
-    if info is None:
-        return 0
-    with transaction(conn):
-        store.drop_index(conn)
-        if vector_index:
-            store.set_vector_index(conn, vector_index)
-        store.create_index(conn, info.dimension)
-        store.set_meta(conn, "index_state", "rebuilding")
-        store.bump_generation(conn)
-    total = 0
-    for rows in store.iter_vectors(conn, batch=commit_rows):
-        with transaction(conn):
-            store.insert_index_rows(conn, rows)
-            store.bump_generation(conn)
-        total += len(rows)
-        if on_batch:
-            on_batch(total)
-    with transaction(conn):
-        store.set_meta(conn, "index_state", "ok")
-    return total
-
-
-def reembed_all(conn, embedder: Embedder, commit_rows: int = 1000,
+def reembed_all(db: Storage, embedder: Embedder, commit_rows: int = 1000,
                 on_batch: Callable[[int], None] | None = None,
                 vector_index: str | None = None) -> int:
     """Re-embed every stored passage with `embedder` and switch the database to it.
@@ -346,25 +266,22 @@ def reembed_all(conn, embedder: Embedder, commit_rows: int = 1000,
     """
     info = embedder.info
     model_key = json.dumps(dataclasses.asdict(info), sort_keys=True)
-    with transaction(conn):
-        store.start_reembed(conn, model_key)
+    with db.transaction():
+        db.start_reembed(model_key)
     done = 0
-    while rows := store.passages_missing_reembed(conn, limit=EMBED_CHUNK):
+    while rows := db.passages_missing_reembed(limit=EMBED_CHUNK):
         texts = [embedding_text(title, path, text) for _, title, path, text in rows]
         vectors = embedder.embed_passages(texts)
-        with transaction(conn):
-            store.save_reembed(conn, model_key, [(row[0], passage_hash(t, info), v)
+        with db.transaction():
+            db.save_reembed(model_key, [(row[0], passage_hash(t, info), v)
                                                  for row, t, v in zip(rows, texts, vectors)])
         done += len(rows)
         if on_batch:
             on_batch(done)
-    with transaction(conn):
-        store.apply_reembed(conn)
-        store.drop_index(conn)
+    with db.transaction():
         # Posts hash the model name: the next ingest re-chunks for the new model's
         # window, reusing every vector whose passage comes out the same.
-        store.set_model_info(conn, info)
-        store.forget_post_vectors(conn)
-    rebuild_index(conn, commit_rows, vector_index=vector_index)
-    related.refresh(conn)
+        db.switch_model(info)
+    db.rebuild_index(commit_rows, vector_index=vector_index)
+    related.refresh(db)
     return done

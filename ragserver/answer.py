@@ -1,6 +1,6 @@
 """Answer a question from retrieved passages, as a stream of events.
 
-Pure pipeline code: the connection, models and gate are passed in. Events, in order:
+Pure pipeline code: the storage, models and gate are passed in. Events, in order:
 `sources` (the passages found, numbered), `quick` (the sentences of them that best
 answer the question, quoted; no model needed), zero or more `queued`, `token`...,
 `checked` (the answer as the grounding checks left it, sentence by sentence), and
@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterator
 
-from . import store
+from .storage import Hit, ModelMismatchError, Post, RelatedPost, Storage
 from .config import Settings
 from .embedder import Embedder
 from .grounding import check_answer, find_loop
@@ -112,13 +112,13 @@ def retrieval_query(question: str, history: list[dict]) -> str:
     return "\n".join([*previous, question])
 
 
-def similarity(hits: list[store.Hit]) -> float:
+def similarity(hits: list[Hit]) -> float:
     """The relevance gate's score: the closest passage's cosine similarity (0 for none)."""
     return max((h.similarity or 0.0 for h in hits), default=0.0)
 
 
-def retrieve_for(conn, embedder: Embedder, question: str, history: list[dict],
-                 options: Options = Options()) -> list[store.Hit]:
+def retrieve_for(db: Storage, embedder: Embedder, question: str, history: list[dict],
+                 options: Options = Options()) -> list[Hit]:
     """Passages for a question in a conversation.
 
     A question that finds good passages on its own is a new topic and is searched
@@ -126,9 +126,9 @@ def retrieve_for(conn, embedder: Embedder, question: str, history: list[dict],
     the previous questions. Measured on the shared posts: follow-ups alone scored at
     most 0.43, new-topic questions at least 0.64 (docs/answering.md).
     """
-    hits = retrieve(conn, embedder, question, options.k, mode=options.retrieval)
+    hits = retrieve(db, embedder, question, options.k, mode=options.retrieval)
     if history and similarity(hits) < options.standalone:
-        contextual = retrieve(conn, embedder, retrieval_query(question, history), options.k,
+        contextual = retrieve(db, embedder, retrieval_query(question, history), options.k,
                               mode=options.retrieval)
         if similarity(contextual) > similarity(hits):
             return contextual
@@ -179,16 +179,16 @@ def build_messages(question: str, history: list[dict], sources: list[Source], mo
             {"role": "user", "content": user}], kept
 
 
-def _lend(conn, use):
-    """Run `use(connection)`: `conn` is one, or a function lending one as a context manager
-    (the web server's shared connections, held only while retrieving)."""
-    if hasattr(conn, "execute"):
-        return use(conn)
-    with conn() as lent:
+def _lend(db, use):
+    """Run `use(storage)`: `db` is one, or a function lending one as a context manager
+    (the web server's shared readers, held only while retrieving)."""
+    if not callable(db):
+        return use(db)
+    with db() as lent:
         return use(lent)
 
 
-def answer(question: str, history, *, conn, embedder: Embedder, model: ChatModel | None,
+def answer(question: str, history, *, db, embedder: Embedder, model: ChatModel | None,
            gate: Gate, options: Options = Options(),
            should_stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
     """Retrieve, quote, then stream an answer and check it. Closing the iterator stops
@@ -196,8 +196,8 @@ def answer(question: str, history, *, conn, embedder: Embedder, model: ChatModel
     started = time.perf_counter()
     history = clean_history(history)
     try:
-        hits = _lend(conn, lambda c: retrieve_for(c, embedder, question, history, options))
-    except store.ModelMismatchError as error:
+        hits = _lend(db, lambda c: retrieve_for(c, embedder, question, history, options))
+    except ModelMismatchError as error:
         yield Event("error", {"message": str(error)})
         return
     retrieval_ms = (time.perf_counter() - started) * 1000

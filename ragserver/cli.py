@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import click
 
 from . import config as config_module
-from . import store
 from .grounding import CITATION
+from .storage import ModelMismatchError
 
 EXIT_ERROR = 1
 EXIT_SKIPPED = 3
@@ -27,7 +27,7 @@ def _settings(db: str | None):
 
 
 def _open(settings, *, must_exist: bool, readonly: bool = False):
-    from .db import ExtensionError, connect, init_schema
+    from .storage import BackendUnavailable, NotADatabase, open_storage
 
     path = settings.db_path
     if must_exist and not path.exists():
@@ -35,19 +35,11 @@ def _open(settings, *, must_exist: bool, readonly: bool = False):
             f"no database at {path}. Run `ragserver ingest SOURCE...` first "
             "(or point --db / RAGSERVER_DB at an existing one).")
     try:
-        conn = connect(path, readonly=readonly)
-        if must_exist and store.get_schema_version(conn) is None:
-            conn.close()
-            raise click.ClickException(f"{path} is not a ragserver database")
-        if not must_exist:
-            init_schema(conn)
-    except click.ClickException:
-        raise
-    except ExtensionError as error:
+        return open_storage(path, readonly=readonly, create=not must_exist)
+    except (BackendUnavailable, NotADatabase) as error:
         raise click.ClickException(str(error)) from None
     except Exception as error:  # sqlite3/pysqlite3 errors: not a database, read-only, ...
         raise click.ClickException(f"cannot open database {path}: {error}") from None
-    return conn
 
 
 def _embedder(settings):
@@ -68,12 +60,10 @@ def _embedder(settings):
 def _writing(settings, what: str):
     """Hold the ingest lock while writing; a held lock, an unwritable folder or a failed
     write (disk full, read-only database) ends the command with a clear message."""
-    from ingest.pipeline import CannotWrite, IngestLocked, ingest_lock
-
-    from .db import database_errors
+    from .storage import CannotWrite, IngestLocked, database_errors, writer_lock
 
     try:
-        with ingest_lock(settings.db_path):
+        with writer_lock(settings.db_path):
             yield
     except IngestLocked as error:
         click.echo(f"Error: {error}", err=True)
@@ -121,8 +111,8 @@ def ingest(sources, db, base_url, prune, quiet):
     Unchanged posts are not re-embedded. Exit status: 0 all read, 3 finished but some
     input was skipped (see warnings), 75 another ingest is running, 1 error.
     """
-    from ingest.pipeline import Ingester
-    from ingest.sources import SkipInput, Skipped, open_source
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import SkipInput, Skipped, open_source
 
     settings = _settings(db)
     _configure_logging()
@@ -136,18 +126,18 @@ def ingest(sources, db, base_url, prune, quiet):
             logging.getLogger("ragserver.ingest").warning("skipped %s", skip)
     with _writing(settings, "ingest"):
         embedder = _embedder(settings)
-        conn = _open(settings, must_exist=False)
+        storage = _open(settings, must_exist=False)
         bar = _Progress(quiet)
         try:
-            ingester = Ingester(conn, embedder, commit_rows=settings.commit_rows,
+            ingester = Ingester(storage, embedder, commit_rows=settings.commit_rows,
                                 on_event=bar.event, vector_index=settings.vector_index)
             summary = ingester.run(opened, prune=prune)
-            in_use = store.vector_index(conn).kind
-        except store.ModelMismatchError as error:
+            in_use = storage.index_kind()
+        except ModelMismatchError as error:
             raise click.ClickException(str(error)) from None
         finally:
             bar.close()
-            conn.close()
+            storage.close()
     summary.skipped[:0] = early_skips
     if in_use != settings.vector_index:
         click.echo(f"note: {settings.db_path} keeps its {in_use} index although "
@@ -214,18 +204,18 @@ def search(query, db, number, mode, as_json):
     if not query.strip():
         raise click.ClickException("the query is empty")
     settings = _settings(db)
-    conn = _open(settings, must_exist=True, readonly=True)
+    storage = _open(settings, must_exist=True, readonly=True)
     try:
-        if store.count_index_rows(conn) == 0:
-            click.echo(_empty_message(conn, settings), err=True)
+        if storage.count_index_rows() == 0:
+            click.echo(_empty_message(storage, settings), err=True)
             return
         embedder = _embedder(settings)
         try:
-            hits = retrieve(conn, embedder, query, number, mode=mode)
-        except store.ModelMismatchError as error:
+            hits = retrieve(storage, embedder, query, number, mode=mode)
+        except ModelMismatchError as error:
             raise click.ClickException(str(error)) from None
     finally:
-        conn.close()
+        storage.close()
     for rank, hit in enumerate(hits, 1):
         link = hit.link
         if as_json:
@@ -254,15 +244,15 @@ def related_command(source, db, number, as_json):
     from .related import NotFound, related_posts
 
     settings = _settings(db)
-    conn = _open(settings, must_exist=True, readonly=True)
+    storage = _open(settings, must_exist=True, readonly=True)
     try:
         is_url = source.startswith(("http://", "https://"))
-        post, similar = related_posts(conn, source=None if is_url else source,
+        post, similar = related_posts(storage, source=None if is_url else source,
                                       url=source if is_url else None, n=number)
     except NotFound as error:
         raise click.ClickException(f"{error} in {settings.db_path}") from None
     finally:
-        conn.close()
+        storage.close()
     if not similar and not as_json:
         click.echo(f"No related posts for {post.source} yet: `ragserver ingest` computes them "
                    "at the end of each run.", err=True)
@@ -275,8 +265,8 @@ def related_command(source, db, number, as_json):
             click.echo(f"{rank}. [{item.score:.3f}] {item.title}\n   {item.url or item.source}")
 
 
-def _empty_message(conn, settings) -> str:
-    stats = store.get_stats(conn)
+def _empty_message(storage, settings) -> str:
+    stats = storage.get_stats()
     if stats.vectors:
         return (f"The search index of {settings.db_path} is empty although {stats.vectors} "
                 "passages are stored: run `ragserver reindex` to rebuild it.")
@@ -290,11 +280,11 @@ def _empty_message(conn, settings) -> str:
 def stats(db, as_json):
     """Posts, passages, model and index size of the database."""
     settings = _settings(db)
-    conn = _open(settings, must_exist=True, readonly=True)
+    storage = _open(settings, must_exist=True, readonly=True)
     try:
-        s = store.get_stats(conn)
+        s = storage.get_stats()
     finally:
-        conn.close()
+        storage.close()
     model = s.model
     figures = {
         "database": str(settings.db_path), "posts": s.posts, "passages": s.passages,
@@ -330,38 +320,38 @@ def reindex(db, quiet):
     differs from the database's, re-embed every passage with it first."""
     import time
 
-    from ingest.pipeline import rebuild_index, reembed_all
+    from ragserver.ingest.pipeline import reembed_all
 
     from . import related
 
     settings = _settings(db)
-    conn = _open(settings, must_exist=True)
+    storage = _open(settings, must_exist=True)
     started = time.perf_counter()
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     try:
         with _writing(settings, "reindex"):
-            stored = store.get_model_info(conn)
+            stored = storage.get_model_info()
             if stored is None:
                 click.echo("Nothing to index: the database has no posts yet.")
                 return
             embedder = _embedder(settings)
             if stored != embedder.info:
                 say(f"re-embedding every passage: {stored.name} -> {embedder.info.name}")
-                count = reembed_all(conn, embedder, settings.commit_rows,
+                count = reembed_all(storage, embedder, settings.commit_rows,
                                     vector_index=settings.vector_index,
                                     on_batch=lambda n: say(f"  {n} passages re-embedded"))
                 click.echo(f"re-embedded {count} passages with {embedder.info.name}; "
                            f"run `ragserver ingest` on your sources to re-split posts for it; "
                            f"{time.perf_counter() - started:.1f}s")
             else:
-                count = rebuild_index(conn, settings.commit_rows,
-                                      on_batch=lambda n: say(f"  {n} vectors indexed"),
-                                      vector_index=settings.vector_index)
-                lists = related.refresh(conn)
+                count = storage.rebuild_index(settings.commit_rows,
+                                           on_batch=lambda n: say(f"  {n} vectors indexed"),
+                                           vector_index=settings.vector_index)
+                lists = related.refresh(storage)
                 click.echo(f"{settings.vector_index} index rebuilt: {count} vectors; related lists "
                            f"updated: {lists}; {time.perf_counter() - started:.1f}s")
     finally:
-        conn.close()
+        storage.close()
 
 
 @cli.command()
@@ -381,11 +371,11 @@ def ask(question, db, number, as_json):
     if not question.strip():
         raise click.ClickException("the question is empty")
     settings = _settings(db)
-    conn = _open(settings, must_exist=True, readonly=True)
+    storage = _open(settings, must_exist=True, readonly=True)
     model = None
     try:
-        if store.count_index_rows(conn) == 0:
-            raise click.ClickException(_empty_message(conn, settings))
+        if storage.count_index_rows() == 0:
+            raise click.ClickException(_empty_message(storage, settings))
         try:
             model = load_chat_model(settings, serving=False)
             if model is not None and hasattr(model, "start"):
@@ -400,7 +390,7 @@ def ask(question, db, number, as_json):
             raise click.ClickException(f"{error}. `ragserver doctor` checks the models.") from None
         sources, checked, failed, printed = [], None, None, ""
         options = Options.from_settings(settings, **({"k": number} if number else {}))
-        for event in answer(question, [], conn=conn, embedder=embedder, model=model, gate=Gate(),
+        for event in answer(question, [], db=storage, embedder=embedder, model=model, gate=Gate(),
                             options=options):
             if as_json:
                 data = {"text": event.data} if event.kind == "token" else event.data
@@ -417,7 +407,7 @@ def ask(question, db, number, as_json):
             elif event.kind == "error":
                 failed = event.data["message"]
     finally:
-        conn.close()
+        storage.close()
         if model is not None and hasattr(model, "close"):
             model.close()
     if failed:

@@ -154,23 +154,22 @@ def threads(settings: Settings) -> dict:
 
 def database(settings: Settings) -> dict:
     """The database's state: counts, index kind and health, and whether its model matches."""
-    from . import store
-    from .db import connect
+    from .storage import NotADatabase, open_storage
 
     path = settings.db_path
     facts: dict = {"path": str(path), "exists": path.exists()}
     if not path.exists():
         return facts
     try:
-        conn = connect(path, readonly=True)
+        storage = open_storage(path, readonly=True)
+    except NotADatabase:
+        return {**facts, "schema_version": None, "error": "not a ragserver database"}
     except Exception as error:
         return {**facts, "error": str(error)}
     try:
-        facts["schema_version"] = store.get_schema_version(conn)
-        if facts["schema_version"] is None:
-            return {**facts, "error": "not a ragserver database"}
-        facts["sqlite"] = store.extension_versions(conn)
-        stats = store.get_stats(conn)
+        facts["schema_version"] = storage.get_schema_version()
+        facts["sqlite"] = storage.extension_versions()
+        stats = storage.get_stats()
         facts.update({"posts": stats.posts, "passages": stats.passages,
                       "vectors": stats.vectors, "index": stats.vector_index,
                       "index_rows": stats.index_rows, "index_state": stats.index_state,
@@ -184,7 +183,7 @@ def database(settings: Settings) -> dict:
     except Exception as error:
         facts["error"] = str(error)
     finally:
-        conn.close()
+        storage.close()
     return facts
 
 

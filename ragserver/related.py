@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import store
-from .db import transaction
+from .storage import Hit, ModelMismatchError, Post, RelatedPost, Storage
 
 TOP = 10
 BLOCK = 1024  # posts compared against all others per matrix product
@@ -61,21 +60,21 @@ def _affected(ids, matrix, lists, changed: set[int], gone: set[int], k: int) -> 
     return rows
 
 
-def refresh(conn, k: int = TOP) -> int:
+def refresh(db: Storage, k: int = TOP) -> int:
     """Bring post vectors and related lists up to date; returns how many lists were rewritten."""
-    changed, gone = store.stale_post_vectors(conn)
+    changed, gone = db.stale_post_vectors()
     if not changed and not gone:
         return 0
     fresh = [(pid, digest, post_vector(vectors))
-             for pid, digest, vectors in store.passage_vectors_of_posts(conn, changed)]
-    with transaction(conn):
+             for pid, digest, vectors in db.passage_vectors_of_posts(changed)]
+    with db.transaction():
         # Vectors and lists change together, so a killed run leaves them stale, never skewed.
-        store.save_post_vectors(conn, fresh, gone)
-        ids, matrix = store.all_post_vectors(conn)
-        rows = _affected(ids, matrix, store.related_lists(conn),
+        db.save_post_vectors(fresh, gone)
+        ids, matrix = db.all_post_vectors()
+        rows = _affected(ids, matrix, db.related_lists(),
                          {pid for pid, _, _ in fresh}, set(gone), k) if len(ids) else set()
         lists = nearest(ids, matrix, rows, k) if rows else {}
-        store.save_related(conn, lists, gone)
+        db.save_related(lists, gone)
     return len(lists)
 
 
@@ -83,10 +82,10 @@ class NotFound(LookupError):
     """No post with that source id or URL."""
 
 
-def related_posts(conn, *, source: str | None = None, url: str | None = None,
-                  n: int = TOP) -> tuple[store.Post, list[store.RelatedPost]]:
+def related_posts(db: Storage, *, source: str | None = None, url: str | None = None,
+                  n: int = TOP) -> tuple[Post, list[RelatedPost]]:
     """A post (by source id or URL) and its most similar posts, best first."""
-    post = store.find_post(conn, source=source, url=url)
+    post = db.find_post(source=source, url=url)
     if post is None:
         raise NotFound(f"no post with source {source!r}" if source else f"no post at {url!r}")
-    return post, store.related_for(conn, post.id, n)
+    return post, db.related_for(post.id, n)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ragserver.db import connect, init_schema
+from ragserver.storage import open_storage
 from ragserver.embedder import SentenceTransformerEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +56,7 @@ def copy_posts(dest: Path, topics: list[str]) -> Path:
 @pytest.fixture
 def db(tmp_path):
     """A fresh database connection under tmp_path."""
-    conn = connect(tmp_path / "test.db")
-    init_schema(conn)
+    conn = open_storage(tmp_path / "test.db", create=True)
     yield conn
     conn.close()
 
@@ -85,14 +84,13 @@ def chat_model():
 @pytest.fixture(scope="session")
 def seeded_db(tmp_path_factory, embedder):
     """A database ingested from three topics of real posts (sqlite, python, uv)."""
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import open_source
 
     root = tmp_path_factory.mktemp("seeded")
     posts = copy_posts(root / "posts", ["sqlite", "python", "uv"])
     path = root / "seeded.db"
-    conn = connect(path)
-    init_schema(conn)
+    conn = open_storage(path, create=True)
     sources = [open_source(str(posts), base_url="https://til.example/")]
     Ingester(conn, embedder).run(sources)
     conn.close()
@@ -101,7 +99,7 @@ def seeded_db(tmp_path_factory, embedder):
 
 @pytest.fixture
 def seeded_conn(seeded_db):
-    conn = connect(seeded_db)
+    conn = open_storage(seeded_db)
     yield conn
     conn.close()
 

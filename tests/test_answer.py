@@ -16,7 +16,7 @@ WAL_QUESTION = "How do I enable WAL mode for a SQLite database?"
 
 def run(seeded_conn, embedder, chat_model, question, history=(), gate=None, **options):
     options.setdefault("max_answer_tokens", 48)
-    return list(answer(question, list(history), conn=seeded_conn, embedder=embedder,
+    return list(answer(question, list(history), db=seeded_conn, embedder=embedder,
                        model=chat_model, gate=gate or Gate(), options=Options(**options)))
 
 
@@ -45,7 +45,7 @@ def test_the_quick_answer_quotes_the_best_passage_verbatim(seeded_conn, embedder
 
 
 def test_without_a_model_the_quick_answer_is_the_answer(seeded_conn, embedder):
-    events = list(answer(WAL_QUESTION, [], conn=seeded_conn, embedder=embedder, model=None,
+    events = list(answer(WAL_QUESTION, [], db=seeded_conn, embedder=embedder, model=None,
                          gate=Gate()))
     assert [e.kind for e in events] == ["sources", "quick", "done"]
     assert events[-1].data["answered"] and events[-1].data["model"] is None
@@ -57,7 +57,7 @@ def test_sources_and_citations_map_to_real_passages(seeded_conn, embedder, chat_
     assert [s["n"] for s in sources] == list(range(1, len(sources) + 1))
     assert sources[0]["source"] == "sqlite/enabling-wal-mode.md"
     for s in sources:
-        text, source = seeded_conn.execute(
+        text, source = seeded_conn.conn.execute(
             "SELECT p.text, o.source FROM passages p JOIN posts o ON o.id = p.post_id "
             "WHERE p.id = ?", (s["passage_id"],)).fetchone()
         assert (text, source) == (s["text"], s["source"])
@@ -137,7 +137,7 @@ def test_stop_ends_generation_and_frees_the_model(seeded_conn, embedder, chat_mo
     gate = Gate()
     seen = []
     stop = threading.Event()
-    for event in answer(WAL_QUESTION, [], conn=seeded_conn, embedder=embedder, model=chat_model,
+    for event in answer(WAL_QUESTION, [], db=seeded_conn, embedder=embedder, model=chat_model,
                         gate=gate, options=Options(max_answer_tokens=200),
                         should_stop=stop.is_set):
         seen.append(event)
@@ -150,7 +150,7 @@ def test_stop_ends_generation_and_frees_the_model(seeded_conn, embedder, chat_mo
 
 def test_closing_the_stream_frees_the_model(seeded_conn, embedder, chat_model):
     gate = Gate()
-    stream = answer(WAL_QUESTION, [], conn=seeded_conn, embedder=embedder, model=chat_model,
+    stream = answer(WAL_QUESTION, [], db=seeded_conn, embedder=embedder, model=chat_model,
                     gate=gate, options=Options(max_answer_tokens=200))
     for event in stream:
         if event.kind == "token":
@@ -162,13 +162,13 @@ def test_closing_the_stream_frees_the_model(seeded_conn, embedder, chat_model):
 
 def test_second_question_is_told_it_is_queued(seeded_conn, embedder, chat_model):
     gate = Gate()
-    first = answer(WAL_QUESTION, [], conn=seeded_conn, embedder=embedder, model=chat_model,
+    first = answer(WAL_QUESTION, [], db=seeded_conn, embedder=embedder, model=chat_model,
                    gate=gate, options=Options(max_answer_tokens=200))
     next(e for e in first if e.kind == "token")  # the first question holds the model
     events = []
 
     def ask_second():
-        for event in answer("How do I run a script with uv?", [], conn=seeded_conn,
+        for event in answer("How do I run a script with uv?", [], db=seeded_conn,
                             embedder=embedder, model=chat_model, gate=gate,
                             options=Options(max_answer_tokens=32)):
             events.append(event)

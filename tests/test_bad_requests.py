@@ -108,7 +108,7 @@ def test_no_web_request_changes_the_database(seeded_db, embedder, chat_model, tm
     assert client.post("/chat", data={"question": "What is WAL mode?"}).status_code == 303
     with app.extensions["ragserver"].reading() as conn:
         with pytest.raises(Exception, match="readonly"):
-            conn.execute("DELETE FROM posts")
+            conn.conn.execute("DELETE FROM posts")
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 
 

@@ -10,8 +10,8 @@ from playwright.sync_api import expect, sync_playwright
 from werkzeug.serving import make_server
 
 from conftest import running_server
-from ragserver import create_app, store
-from ragserver.db import connect
+from ragserver import create_app
+from ragserver.storage import open_storage
 from ragserver.web.chat import example_question
 from test_chat import INVENTED, WAL_QUESTION, finished_turn
 
@@ -202,8 +202,8 @@ def test_enter_asks_and_shift_enter_starts_a_new_line(browser, server):
 def test_example_questions_fill_in_the_form(browser, server, seeded_db):
     """An empty conversation offers questions from the newest posts and a link to search;
     a click puts one in the form, ready to send or edit, without sending it."""
-    conn = connect(seeded_db)
-    expected = [example_question(p.title) for p in store.example_posts(conn, 4)]
+    conn = open_storage(seeded_db)
+    expected = [example_question(p.title) for p in conn.example_posts(4)]
     conn.close()
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(server + "/")

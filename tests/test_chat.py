@@ -13,8 +13,8 @@ import time
 import pytest
 from werkzeug.serving import make_server
 
-from ragserver import create_app, store
-from ragserver.db import connect, init_schema
+from ragserver import create_app
+from ragserver.storage import ExamplePost, NewPost, open_storage
 from ragserver.render import render_markdown
 from ragserver.web.chat import example_question
 
@@ -273,8 +273,8 @@ def test_example_question_from_a_title(title, question):
 
 def test_example_posts_newest_first_undated_last(db):
     def post(source, title, date):
-        store.save_post(db, source=source, origin="test", title=title, url=f"/{source}",
-                        date=date, tags=(), content_hash=source)
+        db.write_post(NewPost(source=source, origin="test", title=title, url=f"/{source}",
+                              date=date, tags=(), content_hash=source), [], [])
 
     post("a", "Undated first", None)
     post("b", "Older", "2023-01-05")
@@ -282,10 +282,9 @@ def test_example_posts_newest_first_undated_last(db):
     post("d", "   ", "2025-01-01")  # no title: nothing to ask about
     post("e", "Undated second", None)
     post("f", "Same day", "2023-01-05")
-    assert [p.title for p in store.example_posts(db, 10)] == [
+    assert [p.title for p in db.example_posts(10)] == [
         "Newest", "Older", "Same day", "Undated first", "Undated second"]
-    assert store.example_posts(db, 2) == [store.ExamplePost("Newest", "/c"),
-                                          store.ExamplePost("Older", "/b")]
+    assert db.example_posts(2) == [ExamplePost("Newest", "/c"), ExamplePost("Older", "/b")]
 
 
 def test_an_empty_conversation_shows_example_questions(client, seeded_conn):
@@ -294,7 +293,7 @@ def test_an_empty_conversation_shows_example_questions(client, seeded_conn):
                          r'([^<]*)</button>', page)
     assert all(question == text for question, text in buttons)
     shown = [html.unescape(text) for _, text in buttons]
-    expected = [example_question(p.title) for p in store.example_posts(seeded_conn, 4)]
+    expected = [example_question(p.title) for p in seeded_conn.example_posts(4)]
     assert shown == expected and len(shown) == 4
     assert 'href="/search"' in page
 
@@ -309,8 +308,7 @@ def test_a_conversation_with_turns_shows_no_examples(app, client):
 def test_no_examples_without_posts_and_never_an_error(tmp_path, contents):
     path = tmp_path / "blog.db"
     if contents == "empty schema":
-        conn = connect(path)
-        init_schema(conn)
+        conn = open_storage(path, create=True)
         conn.close()
     elif contents is not None:
         path.write_bytes(contents)

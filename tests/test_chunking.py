@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import CORPUS, corpus_posts
-from ingest.chunking import (MIN_TOKENS, build_passages, embedding_text, markdown_blocks,
+from ragserver.ingest.chunking import (MIN_TOKENS, build_passages, embedding_text, markdown_blocks,
                              slugify, split_unit)
-from ingest.sources import parse_markdown
+from ragserver.ingest.sources import parse_markdown
 
 
 def _passages(embedder, text, source, prefix=""):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ragserver.db import connect, init_schema
+from ragserver.storage.sqlite_connection import connect, init_schema
 
 
 def test_connect_loads_sqlite_vss_after_torch():
     """vss0 is loaded RTLD_GLOBAL; torch must already be in the process (bench/load_order.py)."""
-    code = ("import sys; from ragserver.db import connect; assert 'torch' not in sys.modules; "
+    code = ("import sys; from ragserver.storage.sqlite_connection import connect; assert 'torch' not in sys.modules; "
             "c = connect(':memory:'); print('torch' in sys.modules, c.execute('select vss_version()').fetchone()[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "v0.1.2"]

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import copy_posts, ragserver, running_server
-from ragserver import create_app, store
-from ragserver.db import connect
+from ragserver import create_app
+from ragserver.storage import open_storage
 
 TOPICS = ["python", "sqlite"]  # 58 posts
 KILLS = 10
@@ -51,13 +51,13 @@ def _wait_for_lock(proc, db, timeout=120) -> None:
 
 def check_consistent(path) -> dict:
     """Assert what must hold after any crash; return the counts."""
-    conn = connect(path)
+    conn = open_storage(path)
     try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+        assert conn.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        one = lambda sql: conn.conn.execute(sql).fetchone()[0]  # noqa: E731
         n = {"posts": one("SELECT count(*) FROM posts"),
              "passages": one("SELECT count(*) FROM passages"),
-             "vectors": store.count_vectors(conn), "index": store.count_index_rows(conn),
+             "vectors": conn.count_vectors(), "index": conn.count_index_rows(),
              "fts": one("SELECT count(*) FROM passages_fts")}
         assert n["passages"] == n["vectors"] == n["index"] == n["fts"], n
         assert one("SELECT count(*) FROM passages WHERE post_id NOT IN (SELECT id FROM posts)") == 0
@@ -70,7 +70,7 @@ def check_consistent(path) -> dict:
                    "(SELECT id FROM posts) OR post_id NOT IN (SELECT id FROM posts)") == 0
         if n["index"]:  # the index answers, and with passages that exist
             vector = np.frombuffer(one("SELECT embedding FROM embeddings LIMIT 1"), "<f4")
-            assert store.search_index(conn, vector, 5)
+            assert conn.search_index(vector, 5)
         return n
     finally:
         conn.close()
@@ -79,11 +79,11 @@ def check_consistent(path) -> dict:
 def snapshot(path):
     """Everything a rerun must reproduce: posts, passages with their vectors, counts."""
     counts = check_consistent(path)
-    conn = connect(path)
+    conn = open_storage(path)
     try:
-        posts = conn.execute("SELECT source, title, url, content_hash FROM posts "
+        posts = conn.conn.execute("SELECT source, title, url, content_hash FROM posts "
                              "ORDER BY source").fetchall()
-        passages = conn.execute(
+        passages = conn.conn.execute(
             "SELECT o.source, p.position, p.anchor, p.text, p.content_hash, e.embedding "
             "FROM passages p JOIN posts o ON o.id = p.post_id "
             "JOIN embeddings e ON e.id = CAST(p.id AS TEXT) ORDER BY o.source, p.position").fetchall()

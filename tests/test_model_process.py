@@ -146,7 +146,7 @@ def _is_zombie(pid: int) -> bool:
 
 def test_the_model_reads_the_prompt_while_the_quick_answer_is_found(model, seeded_conn,
                                                                      embedder):
-    events = answer("How do I enable WAL mode for a SQLite database?", [], conn=seeded_conn,
+    events = answer("How do I enable WAL mode for a SQLite database?", [], db=seeded_conn,
                     embedder=embedder, model=model, gate=Gate(),
                     options=Options(max_answer_tokens=8))
     kinds = []

@@ -14,10 +14,10 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ingest.chunking import (MAX_CONTEXT_CHARS, Block, build_passages, context_text,
+from ragserver.ingest.chunking import (MAX_CONTEXT_CHARS, Block, build_passages, context_text,
                              embedding_text, html_blocks, html_title, markdown_blocks, slugify,
                              split_sentences, split_unit, take_title)
-from ingest.sources import (Document, SkipInput, Skipped, decode_text, parse_html,
+from ragserver.ingest.sources import (Document, SkipInput, Skipped, decode_text, parse_html,
                             parse_markdown, read_ndjson, split_front_matter)
 
 # Same examples on every run and machine, and no .hypothesis example database on disk.

@@ -8,24 +8,24 @@ import shutil
 import pytest
 
 from conftest import CORPUS, copy_posts, ragserver
-from ingest.pipeline import Ingester
-from ingest.sources import open_source
-from ragserver import create_app, related, store
-from ragserver.db import connect, init_schema, transaction
+from ragserver.ingest.pipeline import Ingester
+from ragserver.ingest.sources import open_source
+from ragserver import create_app, related
+from ragserver.storage import open_storage
 
 BASE = "https://til.example/"
 
 
 def lists_by_source(conn) -> dict[str, list[tuple[str, float]]]:
-    names = {p.id: p.source for p in store.list_posts(conn)}
+    names = {p.id: p.source for p in conn.list_posts()}
     return {names[pid]: [(names[rid], score) for rid, score in ranked]
-            for pid, ranked in store.related_lists(conn).items()}
+            for pid, ranked in conn.related_lists().items()}
 
 
 def recomputed_from_scratch(conn) -> dict[str, list[tuple[str, float]]]:
-    with transaction(conn):
-        conn.execute("DELETE FROM post_vectors")
-        conn.execute("DELETE FROM related_posts")
+    with conn.transaction():
+        conn.conn.execute("DELETE FROM post_vectors")
+        conn.conn.execute("DELETE FROM related_posts")
     related.refresh(conn)
     return lists_by_source(conn)
 
@@ -44,10 +44,9 @@ def pristine(tmp_path_factory, embedder):
     root = tmp_path_factory.mktemp("related")
     posts = copy_posts(root / "posts", ["sqlite", "python"])
     shutil.copytree(posts, root / "pristine")
-    conn = connect(root / "blog.db")
-    init_schema(conn)
+    conn = open_storage(root / "blog.db", create=True)
     first = Ingester(conn, embedder).run([open_source(str(posts), base_url=BASE)])
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return root, first
 
@@ -64,7 +63,7 @@ def blog(pristine, embedder, tmp_path):
     shutil.rmtree(posts)
     shutil.copytree(root / "pristine", posts)
     shutil.copy(root / "blog.db", tmp_path / "blog.db")
-    conn = connect(tmp_path / "blog.db")
+    conn = open_storage(tmp_path / "blog.db")
 
     def ingest():
         return Ingester(conn, embedder).run([open_source(str(posts), base_url=BASE)])
@@ -120,10 +119,10 @@ def test_a_deleted_post_leaves_every_list(blog):
 def test_reindex_fills_in_lists_a_database_lacks(blog):
     """A database from before related posts (no lists) gets them from `ragserver reindex`."""
     _, conn, _, _ = blog
-    with transaction(conn):
-        conn.execute("DELETE FROM post_vectors")
-        conn.execute("DELETE FROM related_posts")
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    with conn.transaction():
+        conn.conn.execute("DELETE FROM post_vectors")
+        conn.conn.execute("DELETE FROM related_posts")
+    path = conn.conn.execute("PRAGMA database_list").fetchone()[2]
     result = ragserver("reindex", "--db", path, "--quiet", check=True)
     assert "related lists updated: 58;" in result.stdout
     assert len(lists_by_source(conn)) == 58
@@ -153,8 +152,8 @@ def test_api_related_json(client, seeded_conn):
     body = client.get("/api/related?source=sqlite/enabling-wal-mode.md&n=4").json
     assert body["source"] == "sqlite/enabling-wal-mode.md"
     assert body["url"] == f"{BASE}sqlite/enabling-wal-mode"
-    post = store.get_post(seeded_conn, "sqlite/enabling-wal-mode.md")
-    want = store.related_for(seeded_conn, post.id, 4)
+    post = seeded_conn.get_post("sqlite/enabling-wal-mode.md")
+    want = seeded_conn.related_for(post.id, 4)
     assert [r["source"] for r in body["related"]] == [r.source for r in want]
     assert {"source", "title", "url", "date", "score"} == set(body["related"][0])
     by_url = client.get(f"/api/related?url={BASE}sqlite/enabling-wal-mode%23heading&n=4",

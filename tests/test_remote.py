@@ -54,7 +54,7 @@ def llama_server(tmp_path_factory):
 def test_remote_model_streams_an_answer(llama_server, seeded_conn, embedder):
     model = RemoteChatModel(llama_server, tokenizer=VocabOnly(packaged_gguf()))
     events = list(answer("How do I enable WAL mode for a SQLite database?", [],
-                         conn=seeded_conn, embedder=embedder, model=model, gate=Gate(),
+                         db=seeded_conn, embedder=embedder, model=model, gate=Gate(),
                          options=Options(max_answer_tokens=40)))
     kinds = [e.kind for e in events]
     assert kinds[0] == "sources" and kinds[-1] == "done" and kinds.count("token") > 3
@@ -72,7 +72,7 @@ def test_app_uses_the_remote_backend_when_configured(llama_server, seeded_db, em
 def test_unreachable_remote_is_a_clear_error(seeded_conn, embedder):
     model = RemoteChatModel(f"http://127.0.0.1:{_free_port()}")
     events = list(answer("How do I enable WAL mode for a SQLite database?", [],
-                         conn=seeded_conn, embedder=embedder, model=model, gate=Gate()))
+                         db=seeded_conn, embedder=embedder, model=model, gate=Gate()))
     assert events[-1].kind == "error" and "cannot reach the model server" in events[-1].data["message"]
     with pytest.raises(LLMError):
         list(model.stream([{"role": "user", "content": "hi"}], 5))

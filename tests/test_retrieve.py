@@ -8,22 +8,21 @@ import json
 import pytest
 
 from conftest import CORPUS
-from ingest.pipeline import Ingester
-from ingest.sources import Source
-from ragserver import store
-from ragserver.db import connect, init_schema
+from ragserver.ingest.pipeline import Ingester
+from ragserver.ingest.sources import Source
+from ragserver.storage import open_storage
 from ragserver.retrieve import retrieve
 
 
 @pytest.mark.parametrize("query", ['"unbalanced', "NEAR(a b)", "foo*", "-x OR", "AND", "sqlite's ^wal:",
                                    "'; DROP TABLE posts; --", "💥", "   "])
 def test_keyword_search_takes_any_text(seeded_conn, query):
-    hits = store.search_keyword(seeded_conn, query, 5)
+    hits = seeded_conn.search_keyword(query, 5)
     assert isinstance(hits, list)
 
 
 def test_keyword_search_ranks_matching_passages(seeded_conn):
-    hits = store.search_keyword(seeded_conn, "journal_mode WAL", 5)
+    hits = seeded_conn.search_keyword("journal_mode WAL", 5)
     assert hits[0].source == "sqlite/enabling-wal-mode.md"
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
@@ -36,8 +35,7 @@ def test_unknown_mode_is_refused(seeded_conn, embedder):
 @pytest.fixture(scope="module")
 def titleless(tmp_path_factory, embedder):
     """All 282 posts with their title line removed and an opaque title; the real titles."""
-    conn = connect(tmp_path_factory.mktemp("titleless") / "t.db")
-    init_schema(conn)
+    conn = open_storage(tmp_path_factory.mktemp("titleless") / "t.db", create=True)
     titles, lines = {}, []
     for number, path in enumerate(sorted(CORPUS.rglob("*.md")), 1):
         first, _, body = path.read_text().partition("\n")

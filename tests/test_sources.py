@@ -16,7 +16,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from conftest import CORPUS
-from ingest.sources import (Document, SkipInput, Skipped, open_source, parse_markdown,
+from ragserver.ingest.sources import (Document, SkipInput, Skipped, open_source, parse_markdown,
                             read_ndjson, split_front_matter)
 
 WAL = CORPUS / "sqlite" / "enabling-wal-mode.md"

@@ -14,12 +14,12 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .records import (BackendUnavailable, ExamplePost, Hit, KeptPassage, ModelInfo, ModelMismatchError, NewPassage,
+from .records import (BackendUnavailable, CannotWrite, ExamplePost, Hit, IngestLocked, KeptPassage, ModelInfo, ModelMismatchError, NewPassage,
                       NewPost, NotADatabase, Post, RelatedPost, Stats, StoredPassage)
 
-__all__ = ["BACKENDS", "BackendUnavailable", "ExamplePost", "Hit", "KeptPassage", "ModelInfo", "ModelMismatchError",
+__all__ = ["BACKENDS", "BackendUnavailable", "CannotWrite", "IngestLocked", "ExamplePost", "Hit", "KeptPassage", "ModelInfo", "ModelMismatchError",
            "NewPassage", "NewPost", "NotADatabase", "Post", "RelatedPost", "Stats", "Storage",
-           "StoredPassage", "database_errors", "open_storage"]
+           "StoredPassage", "database_errors", "open_storage", "writer_lock"]
 
 # URL scheme -> "module:class". A target without a scheme is a SQLite file path.
 BACKENDS = {
@@ -109,22 +109,32 @@ def _backend_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
+def _target(target: str | Path) -> tuple[str, str]:
+    text = str(target)
+    name = backend_of(text)
+    return name, text.removeprefix("sqlite://") if name == "sqlite" else text
+
+
+def writer_lock(target: str | Path) -> AbstractContextManager:
+    """The lock an ingest or reindex holds while it writes; raises IngestLocked at once when
+    another writer holds it, CannotWrite when the lock cannot be taken at all."""
+    name, location = _target(target)
+    return _backend_class(name).writer_lock(location)
+
+
 def open_storage(target: str | Path, *, readonly: bool = False, create: bool = False) -> Storage:
     """Open the database at `target`; `create` makes the schema of a new one.
 
     Raises NotADatabase for a target that holds something else, and the backend's
     own errors (see `database_errors`) when it cannot be opened at all.
     """
-    text = str(target)
-    name = backend_of(text)
-    if name == "sqlite":
-        text = text.removeprefix("sqlite://")
-    return _backend_class(name)(text, readonly=readonly, create=create)
+    name, location = _target(target)
+    return _backend_class(name)(location, readonly=readonly, create=create)
 
 
 def database_errors() -> tuple[type[BaseException], ...]:
-    """Exception classes a failing database raises, for every backend that can be loaded."""
-    errors: list[type[BaseException]] = []
+    """Exception classes a failing or foreign database raises, for every backend that loads."""
+    errors: list[type[BaseException]] = [NotADatabase]
     for name in BACKENDS:
         try:
             errors += _backend_class(name).errors

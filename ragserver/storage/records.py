@@ -15,6 +15,14 @@ class BackendUnavailable(RuntimeError):
     """The software a storage backend needs (an extension, a driver) cannot be loaded."""
 
 
+class IngestLocked(RuntimeError):
+    """Another ingest or reindex holds the database's writer lock."""
+
+
+class CannotWrite(RuntimeError):
+    """The database cannot be written: a read-only file system, permissions."""
+
+
 class NotADatabase(RuntimeError):
     """The target exists but holds no ragserver database."""
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from .records import (ExamplePost, Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatabase,
                       Post, RelatedPost, Stats, StoredPassage, check_model)
-from .sqlite_connection import COLLECTION, connect, database_errors, init_schema, transaction
+from .sqlite_connection import (COLLECTION, connect, database_errors, init_schema, transaction,
+                                writer_lock)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,11 @@ class SQLiteStorage:
         except BaseException:
             self.conn.close()
             raise
+
+    @staticmethod
+    def writer_lock(path: str | Path):
+        """The lock every writer of this database holds (a lock file beside it)."""
+        return writer_lock(Path(path))
 
     @property
     def location(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib.util
 import os
 import sqlite3
@@ -9,7 +11,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .records import BackendUnavailable
+from .records import BackendUnavailable, CannotWrite, IngestLocked
 
 SCHEMA_VERSION = 1
 COLLECTION = "passages"
@@ -190,6 +192,43 @@ def transaction(conn):
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+@contextmanager
+def writer_lock(db_path: Path):
+    """Hold <db>.lock for the duration; raise IngestLocked at once if someone else holds it.
+
+    One writer at a time: sqlite-vss rewrites its whole index on every commit, so two
+    ingests would only slow each other down and fight over the same posts.
+    """
+    lock_path = Path(str(db_path) + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as error:
+        raise CannotWrite(f"cannot write in {lock_path.parent} ({error.strerror}); "
+                          "nothing was changed") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise IngestLocked(
+                f"another ingest is already running on {db_path} (pid {holder}); "
+                "this run did nothing. Try again when it has finished.") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        except OSError:
+            pass  # the pid only names the holder to a second ingest; a full disk must not stop us here
+        yield
+    finally:
+        handle.close()
 
 
 def init_schema(conn) -> None:

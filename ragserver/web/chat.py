@@ -13,11 +13,10 @@ from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from ..answer import Event, Options, answer
-from ..db import database_errors
+from ..storage import database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
 from ..render import checked_answer
-from ..store import example_posts
 from .limits import check_rate, take_place
 from .services import Turn, services
 
@@ -69,7 +68,7 @@ def _events(question: str, history: list[dict], stop=None):
     try:
         embedder = svc.embedder()
         model = svc.llm()
-        yield from answer(question, history, conn=svc.reading, embedder=embedder, model=model,
+        yield from answer(question, history, db=svc.reading, embedder=embedder, model=model,
                           gate=svc.gate, options=Options.from_settings(settings),
                           should_stop=stop.is_set if stop else (lambda: False))
     except (HTTPException, *database_errors(), EmbedderError, LLMError) as error:
@@ -110,7 +109,7 @@ def _example_questions(n: int) -> list[str]:
         return []
     try:
         with svc.reading() as conn:
-            posts = example_posts(conn, n)
+            posts = conn.example_posts(n)
     except (HTTPException, *database_errors()):
         # Examples are a nicety: a busy, damaged or not yet ingested database must not
         # keep anyone from the page (asking says what is wrong).

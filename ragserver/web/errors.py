@@ -7,7 +7,7 @@ from urllib.parse import unquote_to_bytes
 from flask import abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from ..db import ExtensionError, database_errors
+from ..storage import BackendUnavailable, database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
 
@@ -22,7 +22,7 @@ def register(app) -> None:
     """Install the error handlers on the app."""
     app.before_request(refuse_undecodable)
     app.register_error_handler(HTTPException, _http_error)
-    for error in (*database_errors(), ExtensionError):
+    for error in (*database_errors(), BackendUnavailable):
         app.register_error_handler(error, _unavailable("The posts cannot be read right now"))
     app.register_error_handler(EmbedderError, _unavailable("The search model cannot be loaded"))
     app.register_error_handler(LLMError, _unavailable("The answer model cannot be loaded"))

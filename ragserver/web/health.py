@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from .. import store
-from ..db import connect
+from ..storage import open_storage
 from ..llm import LLMError, resolve_gguf
 from .services import services
 
@@ -21,11 +20,11 @@ def healthz():
         return jsonify(status="no database", database=str(path),
                        hint="run `ragserver ingest SOURCE...`"), 503
     try:
-        conn = connect(path, readonly=True)
+        storage = open_storage(path, readonly=True)
         try:
-            stats = store.get_stats(conn)
+            stats = storage.get_stats()
         finally:
-            conn.close()
+            storage.close()
     except Exception as error:  # corrupt or unreadable file: report, never a traceback
         return jsonify(status="database error", database=str(path), error=str(error)), 503
     index_ok = stats.index_rows == stats.vectors and stats.index_state == "ok"

@@ -17,7 +17,7 @@ from flask import current_app
 from werkzeug.exceptions import ServiceUnavailable
 
 from ..config import QUERY_EMBED_THREADS, Settings
-from ..db import Reader, database_errors
+from ..storage import Storage, database_errors, open_storage
 from ..embedder import CachedQueries
 from ..llm import Gate, Place, load_chat_model
 from .limits import RateLimit
@@ -114,7 +114,7 @@ class Services:
         self._embedder = embedder
         self._llm = llm
         self._load_lock = threading.Lock()
-        self._idle: queue.LifoQueue[Reader] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[Storage] = queue.LifoQueue()
         self._lendable = threading.BoundedSemaphore(READERS)
         self.gate = Gate(settings.max_waiting)
         self.conversations = Conversations()
@@ -156,7 +156,7 @@ class Services:
         Read-only: nothing a web request does can change the posts (the CLI writes).
         Shared, not one per thread: each sqlite-vss connection loads the whole index
         into memory (about 300 MB at 200k passages). A connection is reopened when the
-        vector index changed since it was last lent (see Reader).
+        vector index changed since it was last lent (see SQLiteStorage.refresh).
         """
         if not self._lendable.acquire(timeout=READER_WAIT):
             raise ServiceUnavailable("The server is too busy to search right now; "
@@ -166,8 +166,9 @@ class Services:
             try:
                 reader = self._idle.get_nowait()
             except queue.Empty:
-                reader = Reader(self.settings.db_path, readonly=True)
-            yield reader.connection()
+                reader = open_storage(self.settings.db_path, readonly=True)
+            reader.refresh()
+            yield reader
         except database_errors():
             if reader is not None:  # a database replaced or damaged under it: open afresh
                 reader.close()
