@@ -14,11 +14,13 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ingest.chunking import (MAX_CONTEXT_CHARS, Block, build_passages, context_text,
-                             embedding_text, html_blocks, html_title, markdown_blocks, slugify,
-                             split_sentences, split_unit, take_title)
-from ingest.sources import (Document, SkipInput, Skipped, decode_text, parse_html,
-                            parse_markdown, read_ndjson, split_front_matter)
+from ingest.chunking import (MAX_CONTEXT_CHARS, build_passages, context_text, embedding_text,
+                             slugify, split_sentences, split_unit)
+from ingest.formats.html import html_blocks, html_title, parse_html
+from ingest.formats.markdown import markdown_blocks, parse_markdown
+from ingest.formats.post import split_front_matter, take_title
+from ingest.records import Block
+from ingest.sources import Document, SkipInput, Skipped, decode_text, read_ndjson
 
 # Same examples on every run and machine, and no .hypothesis example database on disk.
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=100,

@@ -16,8 +16,9 @@ import pytest
 from markdown_it import MarkdownIt
 
 from conftest import CORPUS
-from ingest.sources import (Document, SkipInput, Skipped, open_source, parse_markdown,
-                            read_ndjson, split_front_matter)
+from ingest.formats.markdown import parse_markdown
+from ingest.formats.post import split_front_matter
+from ingest.sources import Document, SkipInput, Skipped, open_source, read_ndjson
 
 WAL = CORPUS / "sqlite" / "enabling-wal-mode.md"
 CTE = CORPUS / "sqlite" / "simple-recursive-cte.md"
