@@ -165,6 +165,17 @@ def test_ndjson_stdin():
     assert "not JSON" in skipped[0].reason and "missing id" in skipped[1].reason
 
 
+def test_ndjson_lone_surrogate_in_html_is_skipped_not_a_crash():
+    """JSON can escape half a surrogate pair; short HTML without tags once crashed the parser."""
+    lines = [json.dumps({"id": "short", "format": "html", "content": "caf\udce9"}),
+             json.dumps({"id": "tagged", "format": "html", "content": "<p>caf\udce9</p>"}),
+             json.dumps({"id": "markdown", "content": "caf\udce9"})]
+    items = list(read_ndjson(io.StringIO("\n".join(lines) + "\n"), 1_000_000))
+    assert [(i.source, i.reason) for i in items] == [
+        (source, "not Unicode text: an unpaired \\ud800-\\udfff escape")
+        for source in ("short", "tagged", "markdown")]
+
+
 def test_bad_files_are_skipped_with_reasons(tmp_path):
     d = tmp_path / "posts"
     d.mkdir()

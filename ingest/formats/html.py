@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from ..records import Block, Document
+from ..records import Block, Document, SkipInput
 from .post import file_url, make_document, take_title, title_from_source
 
 
 def parse_html(html: str, *, source: str, base_url: str = "", url: str = "", title: str = "",
                date=None, tags=None) -> Document:
     """An HTML page or fragment as a Document (article body only)."""
-    blocks = html_blocks(html)
+    try:
+        blocks = html_blocks(html)
+    except UnicodeEncodeError:
+        # BeautifulSoup checks short markup without tags for a file name given by mistake,
+        # and that check cannot encode a lone surrogate (NDJSON can escape one: "\ud800").
+        raise SkipInput("not Unicode text: an unpaired \\ud800-\\udfff escape") from None
     h1, rest = take_title(blocks)
     title = (title.strip() or html_title(html, h1) or title_from_source(source)).strip()
     if h1 and h1.strip().lower() == title.lower():
