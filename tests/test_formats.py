@@ -1,18 +1,22 @@
-"""The table of post formats: which files are read, and which parser reads each post."""
+"""The table of post formats: which files are read, which parser reads each post, and
+plain-text posts made from real ones."""
 
 from __future__ import annotations
 
 import io
 import json
+import textwrap
 from html import escape
 
 import pytest
 from markdown_it import MarkdownIt
 
-from conftest import CORPUS
+from conftest import CORPUS, corpus_posts
 from ingest.formats import FORMATS, format_for_media_type, format_for_path, format_named
 from ingest.formats.html import parse_html
-from ingest.formats.markdown import parse_markdown
+from ingest.formats.markdown import markdown_blocks, parse_markdown
+from ingest.formats.text import parse_text, text_blocks
+from ingest.records import Block
 from ingest.sources import FEED_SUFFIXES, Document, SkipInput, Skipped, open_source, read_ndjson
 
 WAL = CORPUS / "sqlite" / "enabling-wal-mode.md"
@@ -21,7 +25,8 @@ CTE = CORPUS / "sqlite" / "simple-recursive-cte.md"
 
 def _read_all(spec, **kwargs):
     items = list(open_source(str(spec), **kwargs).read())
-    return [i for i in items if isinstance(i, Document)], [i for i in items if isinstance(i, Skipped)]
+    return ([i for i in items if isinstance(i, Document)],
+            [i for i in items if isinstance(i, Skipped)])
 
 
 def test_table_rows_do_not_overlap():
@@ -117,3 +122,159 @@ def test_ndjson_lines_reach_the_parser_their_format_names():
     # Markdown is the default for a missing, unknown or malformed format.
     assert docs["unknown"].blocks == docs["odd"].blocks == expected
     assert docs["html"].blocks == parse_html(html, source="html").blocks
+
+
+# -- plain text -----------------------------------------------------------------
+
+def _fill(text: str, **kwargs) -> str:
+    return textwrap.fill(" ".join(text.split()), 72, break_on_hyphens=False,
+                         break_long_words=False, **kwargs)
+
+
+def _as_plain_text(path, *, underline_title: bool = True) -> tuple[str, list[Block]]:
+    """A real post written out as plain text, and the blocks that text must give.
+
+    Paragraphs and quotes are hard-wrapped at 72 columns, headings underlined, list items
+    start with "- " and hang their wrapped lines, code and tables are indented.
+    """
+    parts, expected = [], []
+    for block in markdown_blocks(path.read_text()):
+        words = " ".join(block.text.split())
+        if block.kind == "heading":
+            level = 1 if block.level == 1 else 2
+            underline = "\n" + ("=" if level == 1 else "-") * max(3, len(block.text))
+            if level == 1 and not parts and not underline_title:
+                underline = ""  # a first line followed by a blank line is the title too
+            parts.append(block.text + underline)
+            expected.append(Block("heading", block.text, level=level))
+        elif block.kind in ("paragraph", "quote"):
+            parts.append(_fill(words))
+            expected.append(Block("paragraph", words))
+        elif block.kind == "list_item":
+            parts.append(_fill(words, initial_indent="- ", subsequent_indent="  "))
+            expected.append(Block("list_item", words))
+        else:
+            lines = block.text.split("\n")[1:-1] if block.kind == "code" else block.text.split("\n")
+            code = "\n".join(line if line.strip() else "" for line in lines).strip("\n")
+            parts.append("\n".join("    " + line if line else "" for line in code.split("\n")))
+            if expected and expected[-1].kind == "code":
+                # Indented code with only blank lines between is one block in plain text.
+                code = expected[-1].text.removeprefix("```\n").removesuffix("\n```") + "\n\n" + code
+                expected.pop()
+            expected.append(Block("code", f"```\n{code}\n```"))
+    return "\n\n".join(parts) + "\n", expected
+
+
+def test_real_posts_as_plain_text_keep_their_blocks():
+    """All 282 posts: wrapped paragraphs, underlined headings, lists and code come back whole."""
+    for path in corpus_posts():
+        text, expected = _as_plain_text(path)
+        assert text_blocks(text) == expected, path.relative_to(CORPUS)
+
+
+def test_folder_ingest_reads_a_txt_post(tmp_path):
+    text, expected = _as_plain_text(WAL, underline_title=False)
+    assert text.startswith("Enabling WAL mode for SQLite database files\n\nI was getting")
+    (tmp_path / "posts" / "sqlite").mkdir(parents=True)
+    (tmp_path / "posts" / "sqlite" / "wal.txt").write_text(text)
+    (tmp_path / "posts" / "cte.md").write_text(CTE.read_text())
+    docs, skipped = _read_all(tmp_path / "posts", base_url="https://til.example/")
+    assert skipped == [] and [d.source for d in docs] == ["cte.md", "sqlite/wal.txt"]
+    assert docs[1] == Document(source="sqlite/wal.txt",
+                               title="Enabling WAL mode for SQLite database files",
+                               url="https://til.example/sqlite/wal", date=None, tags=(),
+                               blocks=tuple(expected[1:]))
+    paragraph = docs[1].blocks[0]
+    assert paragraph.kind == "paragraph" and paragraph.text.startswith(
+        "I was getting occasional `Error: database is locked` messages from a Datasette "
+        "instance that was running against a bunch of different SQLite files")
+    assert Block("code", "```\nsqlite3 github.db 'PRAGMA journal_mode=WAL;'\n```") in docs[1].blocks
+    assert Block("code", "```\nls *.db | while read filename;\n  do sqlite3 $filename "
+                 "'PRAGMA journal_mode=WAL;';\ndone;\n```") in docs[1].blocks
+    assert Block("heading", "Turning WAL mode off again", level=2) in docs[1].blocks
+
+
+def test_txt_front_matter_gives_title_date_url_and_tags():
+    text, expected = _as_plain_text(WAL, underline_title=False)
+    front = ("---\ntitle: WAL mode, explained\ndate: 2024-03-01\nslug: sqlite/wal\n"
+             "tags: [sqlite, performance]\n---\n")
+    doc = parse_text(front + text, source="wal.txt", base_url="https://blog.example")
+    assert (doc.title, doc.date, doc.url, doc.tags) == (
+        "WAL mode, explained", "2024-03-01", "https://blog.example/sqlite/wal",
+        ("sqlite", "performance"))
+    assert list(doc.blocks) == expected  # the first line is no longer the title: a heading
+    # A first line that repeats the front matter's title is not kept twice.
+    same = parse_text("---\ntitle: Enabling WAL mode for SQLite database files\n---\n" + text,
+                      source="wal.txt")
+    assert list(same.blocks) == expected[1:]
+
+
+def test_txt_title_falls_back_to_the_file_name():
+    text, _ = _as_plain_text(WAL)
+    body = text.split("\n\n", 1)[1]  # no title line: the text starts with a wrapped paragraph
+    doc = parse_text(body, source="notes/wal-mode_notes.txt")
+    assert doc.title == "Wal mode notes"
+    assert doc.blocks[0].kind == "paragraph" and doc.blocks[0].text.startswith("I was getting")
+    # A single line, however short, is the post itself, not a title over nothing.
+    doc = parse_text("This means that turning on WAL is a thing you can do directly to a "
+                     "database file!\n", source="wal.txt")
+    assert doc.title == "Wal" and [b.kind for b in doc.blocks] == ["paragraph"]
+    # A one-line paragraph longer than a title can be is not taken for one.
+    long_line = " ".join(markdown_blocks(WAL.read_text())[1].text.split())
+    doc = parse_text(f"{long_line}\n\nSo far so good.\n", source="wal.txt")
+    assert doc.title == "Wal" and doc.blocks[0] == Block("paragraph", long_line)
+
+
+def test_txt_capital_headings_rules_lists_and_wrapped_dashes():
+    text, _ = _as_plain_text(WAL)
+    text = text.replace("Turning WAL mode off again\n--------------------------",
+                        "TURNING WAL MODE OFF AGAIN")
+    text += "\n* * *\n\n`2022-03-05T14:35:00Z`\n\nSEE ALSO\n"
+    blocks = text_blocks(text)
+    assert Block("heading", "TURNING WAL MODE OFF AGAIN", level=2) in blocks
+    # A timestamp has capitals but is no heading; a capital line with nothing after is text.
+    assert blocks[-2:] == [Block("paragraph", "`2022-03-05T14:35:00Z`"),
+                           Block("paragraph", "SEE ALSO")]
+    assert not any("* * *" in b.text for b in blocks)
+    # Prose wrapped just before a dash stays one paragraph; a block of items is a list.
+    vim = next(b.text for b in markdown_blocks((CORPUS / "vim" / "mouse-support-in-vim.md")
+                                               .read_text()) if "TUIs" in b.text)
+    wrapped = vim.replace(" - ", "\n- ")
+    assert wrapped.count("\n- ") == 2
+    items = "- Turning WAL mode off again\n- Using sqlite-utils\n  - enable-wal\n- Futher notes"
+    assert text_blocks(f"{wrapped}\n\n{items}\n") == [
+        Block("paragraph", vim), Block("list_item", "Turning WAL mode off again"),
+        Block("list_item", "Using sqlite-utils - enable-wal"),
+        Block("list_item", "Futher notes")]
+
+
+def test_bad_txt_files_are_skipped_with_reasons(tmp_path):
+    text, _ = _as_plain_text(WAL)
+    d = tmp_path / "posts"
+    d.mkdir()
+    (d / "good.txt").write_text(text)
+    (d / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10)
+    (d / "latin1.txt").write_bytes("Caf\xe9\n\nna\xefve text\n".encode("latin-1"))
+    (d / "empty.txt").write_text("  \n\n")
+    (d / "title-only.txt").write_text("Just a title\n============\n")
+    (d / "huge.txt").write_text(text * (1_000_000 // len(text) + 1))
+    (d / "bad-yaml.txt").write_text("---\ntitle: [unclosed\n---\n" + text)
+    docs, skipped = _read_all(d, max_bytes=1_000_000)
+    assert [doc.source for doc in docs] == ["good.txt"]
+    # Every skipped file names its post id, so pruning never deletes it.
+    reasons = {s.source: s.reason for s in skipped}
+    assert set(reasons) == {p.name for p in d.iterdir()} - {"good.txt"}
+    assert reasons["binary.txt"] == "binary file"
+    assert reasons["empty.txt"] == "empty"
+    assert reasons["title-only.txt"] == "empty: no text besides the title"
+    assert reasons["latin1.txt"].startswith("not UTF-8")
+    assert reasons["huge.txt"].startswith("too large")
+    assert reasons["bad-yaml.txt"].startswith("malformed front matter")
+
+
+def test_ndjson_line_of_format_text_reaches_the_text_parser():
+    text, _ = _as_plain_text(WAL, underline_title=False)
+    line = json.dumps({"id": "wal", "format": "text", "content": text})
+    [doc] = read_ndjson(io.StringIO(line + "\n"), 1_000_000)
+    assert doc == parse_text(text, source="wal")
+    assert doc.title == "Enabling WAL mode for SQLite database files"

@@ -39,7 +39,7 @@ def test_directory_gives_relative_source_ids_and_base_url(tmp_path):
     (tmp_path / "blog" / "sqlite" / "wal.md").write_text(WAL.read_text())
     (tmp_path / "blog" / "index.md").write_text(CTE.read_text())
     (tmp_path / "blog" / ".hidden.md").write_text(CTE.read_text())
-    (tmp_path / "blog" / "notes.txt").write_text("not a post")
+    (tmp_path / "blog" / "notes.rst").write_text("not a post")
     source, docs, skipped = _read_all(tmp_path / "blog", base_url="https://blog.example/")
     assert source.kind == "directory" and source.listed and source.prunable
     assert {d.source: d.url for d in docs} == {

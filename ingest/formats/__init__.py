@@ -16,6 +16,7 @@ from typing import Protocol
 from ..records import Document
 from .html import parse_html
 from .markdown import parse_markdown
+from .text import parse_text
 
 
 class Parse(Protocol):
@@ -34,12 +35,15 @@ class Format:
 
 
 FORMATS = (
-    #      name        label       parser          file suffixes, then media types
-    Format("markdown", "Markdown", parse_markdown, (".md", ".markdown", ".mdown", ".mkd"),
-           # Plain text is read as Markdown without markup.
+    #      name        label         parser          file suffixes,
+    #                                                then media types
+    Format("markdown", "Markdown",   parse_markdown, (".md", ".markdown", ".mdown", ".mkd"),
+           # Feed entries of type text/plain are still read as Markdown.
            ("text/markdown", "text/x-markdown", "text/plain")),
-    Format("html", "HTML", parse_html, (".html", ".htm"),
+    Format("html",     "HTML",       parse_html,     (".html", ".htm"),
            ("text/html", "application/xhtml+xml")),
+    Format("text",     "plain text", parse_text,     (".txt",),
+           ()),
 )
 
 _BY_NAME = {f.name: f for f in FORMATS}
@@ -58,5 +62,5 @@ def format_for_media_type(media_type: str | None) -> Format | None:
 
 
 def format_named(name) -> Format | None:
-    """The format an NDJSON line's "format" field names ("markdown", "html"), or None."""
+    """The format an NDJSON line's "format" field names ("markdown", "html", "text"), or None."""
     return _BY_NAME.get(name) if isinstance(name, str) else None
