@@ -272,6 +272,28 @@ def test_bad_txt_files_are_skipped_with_reasons(tmp_path):
     assert reasons["bad-yaml.txt"].startswith("malformed front matter")
 
 
+def test_atom_entries_of_type_text_reach_the_text_parser(tmp_path):
+    text, _ = _as_plain_text(CTE)
+    body = text.split("\n\n", 1)[1]  # the entry's title is the post's
+    # Plain text as the feed says: link syntax is text here, not a link to reduce to "Dogsheep".
+    summary = WAL.read_text().split("\n\n")[1]
+    assert "[Dogsheep](https://dogsheep.github.io/)" in summary
+    (tmp_path / "feed.atom").write_text(
+        '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        "<title>TIL</title><id>tag:til.example,2024:feed</id>"
+        "<updated>2024-02-02T10:00:00Z</updated>"
+        + _atom_entry("cte", "text", body)
+        + "<entry><title>wal</title><link href='https://til.example/wal'/><id>wal</id>"
+        f"<updated>2024-02-02T10:00:00Z</updated><summary>{escape(summary)}</summary></entry>"
+        "</feed>")
+    (cte, wal), skipped = _read_all(tmp_path / "feed.atom")
+    assert skipped == []
+    assert cte.blocks == parse_text(body, source="cte", title="cte").blocks
+    assert any(b.kind == "code" and "with recursive counter(x) as (" in b.text
+               for b in cte.blocks)
+    assert wal.blocks == (Block("paragraph", summary),)  # a summary has no type: text
+
+
 def test_ndjson_line_of_format_text_reaches_the_text_parser():
     text, _ = _as_plain_text(WAL, underline_title=False)
     line = json.dumps({"id": "wal", "format": "text", "content": text})

@@ -38,12 +38,11 @@ FORMATS = (
     #      name        label         parser          file suffixes,
     #                                                then media types
     Format("markdown", "Markdown",   parse_markdown, (".md", ".markdown", ".mdown", ".mkd"),
-           # Feed entries of type text/plain are still read as Markdown.
-           ("text/markdown", "text/x-markdown", "text/plain")),
+           ("text/markdown", "text/x-markdown")),
     Format("html",     "HTML",       parse_html,     (".html", ".htm"),
            ("text/html", "application/xhtml+xml")),
     Format("text",     "plain text", parse_text,     (".txt",),
-           ()),
+           ("text/plain",)),
 )
 
 _BY_NAME = {f.name: f for f in FORMATS}
