@@ -20,6 +20,8 @@ from .text import parse_text
 
 
 class Parse(Protocol):
+    """What every format's parser takes (by keyword, after the text) and gives."""
+
     def __call__(self, text: str, *, source: str, base_url: str = "", url: str = "",
                  title: str = "", date=None, tags=None) -> Document:
         """A post's text as a Document, or SkipInput saying why it cannot be one."""
@@ -27,6 +29,8 @@ class Parse(Protocol):
 
 @dataclass(frozen=True)
 class Format:
+    """One row of FORMATS: a post format, how its posts are recognised, and its parser."""
+
     name: str  # as an NDJSON line's "format" field gives it
     label: str  # as messages to people name it
     parse: Parse
