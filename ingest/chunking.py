@@ -1,9 +1,9 @@
-"""Turn a post into passages. Pure functions: no I/O, no models.
+"""Turn a post's blocks into passages. Pure functions: no I/O, no models.
 
-A post is first parsed into blocks (headings and content units: paragraphs,
-list items, code blocks, tables, quotes). Units under one heading become
-passages: tiny ones are merged with their neighbours, over-long ones are split
-at sentence (or line) boundaries so that prefix + context + text fits the
+A format's parser (ingest/formats/) has already cut the post into blocks: headings and
+content units (paragraphs, list items, code blocks, tables, quotes). Units under one
+heading become passages: tiny ones are merged with their neighbours, over-long ones are
+split at sentence (or line) boundaries so that prefix + context + text fits the
 embedding model's window, counted with the model's own tokenizer.
 """
 
@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from markdown_it import MarkdownIt
+from .records import Block
 
 CountTokens = Callable[[list[str]], list[int]]
 
@@ -25,14 +25,6 @@ MAX_CONTEXT_CHARS = 200
 
 
 @dataclass(frozen=True)
-class Block:
-    kind: str  # heading, paragraph, list_item, code, table, quote
-    text: str
-    level: int = 0
-    anchor: str = ""  # explicit id for headings, when the source has one
-
-
-@dataclass(frozen=True)
 class Passage:
     position: int
     heading_path: tuple[str, ...]
@@ -40,207 +32,13 @@ class Passage:
     text: str
 
 
-# -- Markdown ---------------------------------------------------------------
-
-# The commonmark preset stops at 20 levels of nesting and silently drops anything deeper
-# (a list nested ten deep loses its tail); 100 is markdown-it's default preset and still
-# far from Python's recursion limit.
-_md = MarkdownIt("commonmark", {"html": True, "maxNesting": 100}).enable("table")
-
-
-def _inline_text(token) -> str:
-    parts = []
-    for child in token.children or []:
-        if child.type in ("text", "html_inline"):
-            parts.append(child.content if child.type == "text" else "")
-        elif child.type == "code_inline":
-            parts.append(f"`{child.content}`")
-        elif child.type == "softbreak":
-            parts.append(" ")
-        elif child.type == "hardbreak":
-            parts.append("\n")
-        elif child.type == "image":
-            parts.append(child.content or "")
-    return "".join(parts).strip()
-
-
-def _html_text(html: str) -> str:
-    from bs4 import BeautifulSoup
-
-    return " ".join(BeautifulSoup(html, "html.parser").get_text(" ").split())
-
-
-def markdown_blocks(text: str) -> list[Block]:
-    """Parse Markdown into headings and content units with markdown-it-py."""
-    tokens = _md.parse(text)
-    blocks: list[Block] = []
-    item_depth = 0
-    item_lines: list[str] = []
-    quote_depth = 0
-    table_rows: list[list[str]] | None = None
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        t = tok.type
-        if t == "heading_open":
-            blocks.append(Block("heading", _inline_text(tokens[i + 1]), level=int(tok.tag[1])))
-            i += 3
-            continue
-        if t == "list_item_open":
-            if item_depth > 0 and item_lines is not None:
-                item_lines.append("")  # nested items start on a line of their own
-            item_depth += 1
-        elif t == "list_item_close":
-            item_depth -= 1
-            if item_depth == 0:
-                body = "\n".join(line for line in item_lines if line).strip()
-                if body:
-                    blocks.append(Block("list_item", body))
-                item_lines = []
-        elif t == "blockquote_open":
-            quote_depth += 1
-        elif t == "blockquote_close":
-            quote_depth -= 1
-        elif t == "table_open":
-            table_rows = []
-        elif t == "tr_open" and table_rows is not None:
-            table_rows.append([])
-        elif t == "inline" and table_rows is not None:
-            table_rows[-1].append(_inline_text(tok))
-        elif t == "table_close":
-            body = "\n".join(" | ".join(row) for row in table_rows or [])
-            if body.strip():
-                blocks.append(Block("table", body))
-            table_rows = None
-        elif t == "inline":
-            content = _inline_text(tok)
-            if item_depth > 0:
-                prefix = "  " * (item_depth - 1) + ("- " if item_depth > 1 else "")
-                item_lines.append(prefix + content)
-            elif content:
-                blocks.append(Block("quote" if quote_depth else "paragraph", content))
-        elif t in ("fence", "code_block"):
-            code = tok.content.rstrip("\n")
-            if code.strip():
-                if item_depth > 0:
-                    item_lines.append(code)
-                else:
-                    lang = tok.info.split()[0] if tok.info.strip() else ""
-                    blocks.append(Block("code", f"```{lang}\n{code}\n```"))
-        elif t == "html_block":
-            content = _html_text(tok.content)
-            if content:
-                if item_depth > 0:
-                    item_lines.append(content)
-                else:
-                    blocks.append(Block("paragraph", content))
-        i += 1
-    return blocks
-
-
-# -- HTML -------------------------------------------------------------------
-
-_DROP_TAGS = ("head", "title", "script", "style", "nav", "header", "footer", "aside", "form",
-              "noscript", "template", "iframe", "svg", "button")
-_BLOCK_TAGS = {"p": "paragraph", "li": "list_item", "pre": "code", "blockquote": "quote",
-               "table": "table", "h1": "heading", "h2": "heading", "h3": "heading",
-               "h4": "heading", "h5": "heading", "h6": "heading"}
-
-
-def _in_block(el, root) -> bool:
-    """Whether el is inside a block element, whose unit then holds its text."""
-    return any(parent.name in _BLOCK_TAGS for parent in el.parents if parent is not root)
-
-
-def html_blocks(html: str) -> list[Block]:
-    """Headings and content units of an HTML document's article body."""
-    from bs4 import BeautifulSoup, CData, NavigableString
-
-    soup = BeautifulSoup(html, "html.parser")
-    for tag in soup(list(_DROP_TAGS)):
-        tag.decompose()
-    root = soup.find("article") or soup.find("main") or soup.body or soup
-    blocks: list[Block] = []
-    # Text outside any block element (in <div>s, <dl>s, after <br>s) is content too.
-    loose: list[str] = []
-
-    def flush_loose():
-        text = " ".join(" ".join(loose).split())
-        if text:
-            blocks.append(Block("paragraph", text))
-        loose.clear()
-
-    for el in root.descendants:
-        if type(el) in (NavigableString, CData):
-            if not _in_block(el, root):
-                loose.append(str(el))
-            continue
-        # Only the outermost block element: <li><p>..</p></li> is one unit.
-        if el.name not in _BLOCK_TAGS or _in_block(el, root):
-            continue
-        flush_loose()
-        kind = _BLOCK_TAGS[el.name]
-        if kind == "heading":
-            text = " ".join(el.get_text(" ").split())
-            if text:
-                blocks.append(Block("heading", text, level=int(el.name[1]),
-                                    anchor=str(el.get("id") or "")))
-        elif kind == "code":
-            code = el.get_text().strip("\n")
-            if code.strip():
-                blocks.append(Block("code", f"```\n{code}\n```"))
-        elif kind == "table":
-            # Rows and cells of this table only: a nested table's text is in its outer cell.
-            rows = [" | ".join(" ".join(c.get_text(" ").split())
-                               for c in tr.find_all(["th", "td"]) if c.find_parent("tr") is tr)
-                    for tr in el.find_all("tr") if tr.find_parent("table") is el]
-            body = "\n".join(r for r in rows if r.strip())
-            if body:
-                blocks.append(Block("table", body))
-        else:
-            text = " ".join(el.get_text(" ").split())
-            if text:
-                blocks.append(Block(kind, text))
-    flush_loose()
-    if not blocks:
-        text = " ".join(root.get_text(" ").split())
-        if text:
-            blocks.append(Block("paragraph", text))
-    return blocks
-
-
-def html_title(html: str, heading: str | None = None) -> str:
-    """og:title, else the article's first <h1> (given), else <title>, else ''."""
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(html, "html.parser")
-    og = soup.find("meta", property="og:title")
-    candidates = [og.get("content", "") if og else "", heading or "",
-                  soup.title.get_text(" ") if soup.title else ""]
-    for text in candidates:
-        text = " ".join(str(text).split())
-        if text:
-            return text
-    return ""
-
-
-# -- anchors and titles -----------------------------------------------------
+# -- anchors and context -----------------------------------------------------
 
 def slugify(text: str) -> str:
     """GitHub-style heading slug: lower case, punctuation dropped, spaces to hyphens."""
     text = unicodedata.normalize("NFKC", text).lower().strip()
     text = re.sub(r"[^\w\- ]", "", text)
     return text.replace(" ", "-")
-
-
-def take_title(blocks: list[Block]) -> tuple[str | None, list[Block]]:
-    """Split off a leading H1 as the title (only if it comes before any content)."""
-    for index, block in enumerate(blocks):
-        if block.kind == "heading" and block.level == 1:
-            return block.text, blocks[:index] + blocks[index + 1:]
-        if block.kind != "heading":
-            break
-    return None, blocks
 
 
 def context_text(title: str, heading_path: Iterable[str]) -> str:

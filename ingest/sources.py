@@ -2,7 +2,8 @@
 
 Every reader yields `Document`s and `Skipped` notes: a bad file never stops the
 others. A source that can list its posts completely (a folder or glob) says so,
-which is what makes pruning deleted posts safe.
+which is what makes pruning deleted posts safe. What a post's text means is the
+business of its format (ingest/formats/), looked up by file suffix, media type or name.
 """
 
 from __future__ import annotations
@@ -16,28 +17,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
-from urllib.parse import urljoin
 
-from .chunking import Block, html_blocks, html_title, markdown_blocks, take_title
+from .formats import FORMATS, format_for_media_type, format_for_path, format_named
+from .records import Document, SkipInput
 
-MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
-HTML_SUFFIXES = {".html", ".htm"}
 FEED_SUFFIXES = {".xml", ".rss", ".atom", ".feed"}
 USER_AGENT = "ragserver (+feed ingest)"
-
-
-class SkipInput(Exception):
-    """This input cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class Document:
-    source: str
-    title: str
-    url: str
-    date: str | None
-    tags: tuple[str, ...]
-    blocks: tuple[Block, ...]
 
 
 @dataclass(frozen=True)
@@ -100,13 +85,14 @@ def open_source(spec: str, *, base_url: str = "", max_bytes: int = 5_000_000,
     if path.is_dir():
         return Source(str(path), str(path.resolve()), "directory", **common)
     if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in FEED_SUFFIXES or (suffix not in MARKDOWN_SUFFIXES | HTML_SUFFIXES
-                                       and _looks_like_feed(path)):
+        post_format = format_for_path(path)
+        if path.suffix.lower() in FEED_SUFFIXES or (post_format is None
+                                                    and _looks_like_feed(path)):
             return Source(str(path), str(path.resolve()), "feed", **common)
-        if suffix in MARKDOWN_SUFFIXES | HTML_SUFFIXES:
+        if post_format is not None:
             return Source(str(path), str(path.resolve()), "file", **common)
-        raise SkipInput(f"{spec}: not a Markdown, HTML or feed file")
+        labels = ", ".join(f.label for f in FORMATS)
+        raise SkipInput(f"{spec}: not a {labels} or feed file")
     if glob.has_magic(spec):
         return Source(spec, "glob:" + os.path.abspath(os.path.expanduser(spec)), "glob", **common)
     raise SkipInput(f"{spec}: no such file, folder or glob match")
@@ -121,7 +107,6 @@ def _looks_like_feed(path: Path) -> bool:
 
 
 def _list_files(spec: str, kind: str) -> tuple[Path, list[Path]]:
-    suffixes = MARKDOWN_SUFFIXES | HTML_SUFFIXES
     if kind == "directory":
         root = Path(spec)
         if not root.is_dir():
@@ -130,12 +115,12 @@ def _list_files(spec: str, kind: str) -> tuple[Path, list[Path]]:
         for folder, dirs, files in os.walk(root, onerror=_raise):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             paths.extend(Path(folder) / f for f in sorted(files)
-                         if not f.startswith(".") and Path(f).suffix.lower() in suffixes)
+                         if not f.startswith(".") and format_for_path(f) is not None)
         return root, paths
     pattern = os.path.expanduser(spec)
     root = Path(_glob_root(pattern))
     paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)
-                   if Path(p).is_file() and Path(p).suffix.lower() in suffixes)
+                   if Path(p).is_file() and format_for_path(p) is not None)
     return root, paths
 
 
@@ -185,131 +170,11 @@ def decode_text(data: bytes) -> str:
 def _read_one(path: Path, source: str, base_url: str, max_bytes: int) -> Iterator[Document | Skipped]:
     try:
         text = read_text(path, max_bytes)
-        if path.suffix.lower() in HTML_SUFFIXES:
-            doc = parse_html(text, source=source, url=_file_url(base_url, source))
-        else:
-            doc = parse_markdown(text, source=source, base_url=base_url)
+        doc = format_for_path(path).parse(text, source=source, base_url=base_url)
     except SkipInput as skip:
         yield Skipped(str(path), str(skip), source)
         return
     yield doc
-
-
-def _file_url(base_url: str, source: str) -> str:
-    """base URL + path without extension; index files map to their folder."""
-    if not base_url:
-        return ""
-    stem = source.rsplit(".", 1)[0] if "." in Path(source).name else source
-    if stem == "index" or stem.endswith("/index"):
-        stem = stem[: -len("index")]
-    return urljoin(base_url.rstrip("/") + "/", stem)
-
-
-def split_front_matter(text: str) -> tuple[dict, str]:
-    """YAML front matter (between --- lines at the very top) and the body after it."""
-    lines = text.split("\n")
-    if not lines or lines[0].rstrip() != "---":
-        return {}, text
-    for index in range(1, len(lines)):
-        if lines[index].rstrip() in ("---", "..."):
-            import yaml
-
-            try:
-                meta = yaml.load("\n".join(lines[1:index]), Loader=_front_matter_loader()) or {}
-            except yaml.YAMLError as error:
-                mark = getattr(error, "problem_mark", None)
-                where = f" at line {mark.line + 2}" if mark else ""
-                raise SkipInput(f"malformed front matter{where}: "
-                                f"{getattr(error, 'problem', None) or error}") from None
-            except Exception as error:
-                # PyYAML lets plain errors out for some values (date: 2024-02-30, !!int x,
-                # !!timestamp x, 5000-digit numbers), and deep [[[[ nesting exhausts the stack.
-                raise SkipInput(f"malformed front matter: {error}") from None
-            if not isinstance(meta, dict):
-                raise SkipInput("malformed front matter: expected key: value pairs")
-            return meta, "\n".join(lines[index + 1:])
-    raise SkipInput("malformed front matter: no closing --- line")
-
-
-def _front_matter_loader():
-    """yaml.SafeLoader without aliases: front matter never needs them, and nested aliases
-    ("billion laughs") expand to gigabytes when a title or tags are turned into text."""
-    import yaml
-
-    class FrontMatterLoader(yaml.SafeLoader):
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
-                                                  event.start_mark)
-            return super().compose_node(parent, index)
-
-    return FrontMatterLoader
-
-
-def _as_date(value) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    return str(value)
-
-
-def _as_tags(value) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(t.strip() for t in value.split(",") if t.strip())
-    if isinstance(value, (list, tuple)):
-        return tuple(str(t).strip() for t in value if str(t).strip())
-    return (str(value),)
-
-
-def parse_markdown(text: str, *, source: str, base_url: str = "", url: str = "",
-                   title: str = "", date=None, tags=None) -> Document:
-    """A Markdown post (with optional YAML front matter) as a Document."""
-    meta, body = split_front_matter(text)
-    blocks = markdown_blocks(body)
-    h1, rest = take_title(blocks)
-    title = str(meta.get("title") or title or "").strip()
-    if not title:
-        title, blocks = (h1, rest) if h1 else (_title_from_source(source), blocks)
-    elif h1 and h1.strip().lower() == title.lower():
-        blocks = rest
-    url = str(meta.get("url") or url or "")
-    try:
-        if url and base_url:
-            url = urljoin(base_url.rstrip("/") + "/", url)
-        elif not url and meta.get("slug") and base_url:
-            url = urljoin(base_url.rstrip("/") + "/", str(meta["slug"]).lstrip("/"))
-        elif not url:
-            url = _file_url(base_url, source)
-    except ValueError as error:  # urljoin refuses e.g. "http://[x" (a bad IPv6 host)
-        raise SkipInput(f"malformed url: {error}") from None
-    if not any(b.kind != "heading" for b in blocks):
-        raise SkipInput("empty: no text besides the title")
-    return Document(source=source, title=title, url=url, date=_as_date(meta.get("date", date)),
-                    tags=_as_tags(meta.get("tags", tags)), blocks=tuple(blocks))
-
-
-def parse_html(html: str, *, source: str, url: str = "", title: str = "", date=None,
-               tags=None) -> Document:
-    """An HTML page or fragment as a Document (article body only)."""
-    blocks = html_blocks(html)
-    h1, rest = take_title(blocks)
-    title = (title.strip() or html_title(html, h1) or _title_from_source(source)).strip()
-    if h1 and h1.strip().lower() == title.lower():
-        blocks = rest
-    if not any(b.kind != "heading" for b in blocks):
-        raise SkipInput("empty: no text besides the title")
-    return Document(source=source, title=title, url=url, date=_as_date(date),
-                    tags=_as_tags(tags), blocks=tuple(blocks))
-
-
-def _title_from_source(source: str) -> str:
-    name = Path(source.rstrip("/")).name or source
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return stem.replace("-", " ").replace("_", " ").strip().capitalize() or source
 
 
 # -- feeds ------------------------------------------------------------------
@@ -358,34 +223,36 @@ def _read_feed(spec: str, max_bytes: int) -> Iterator[Document | Skipped]:
         if not link:
             yield Skipped(name, "entry has no link or id")
             continue
-        content, kind = _entry_content(entry)
+        content, media_type = _entry_content(entry)
         if len(content.encode("utf-8")) > max_bytes:
             yield Skipped(name, f"entry larger than {max_bytes:,} bytes", link)
             continue
         parsed = entry.get("published_parsed") or entry.get("updated_parsed")
         date = dt.datetime(*parsed[:6], tzinfo=dt.timezone.utc).isoformat() if parsed else None
         tags = [t.get("term") for t in entry.get("tags", []) if t.get("term")]
+        # Without a type it is HTML: RSS descriptions are.
+        post_format = format_for_media_type(media_type) or format_for_media_type("text/html")
         try:
-            parse = parse_html if kind == "html" else parse_markdown
-            yield parse(content, source=link, url=entry.get("link", ""),
-                        title=entry.get("title", ""), date=date, tags=tags)
+            yield post_format.parse(content, source=link, url=entry.get("link", ""),
+                                    title=entry.get("title", ""), date=date, tags=tags)
         except SkipInput as skip:
             yield Skipped(name, str(skip), link)
 
 
 def _entry_content(entry) -> tuple[str, str]:
+    """An entry's content, else its summary, and the media type feedparser gives it."""
     for item in entry.get("content", []) or []:
         if item.get("value"):
-            return item["value"], "text" if item.get("type") == "text/plain" else "html"
+            return item["value"], item.get("type") or ""
     detail = entry.get("summary_detail") or {}
-    summary = entry.get("summary", "") or ""
-    return summary, "text" if detail.get("type") == "text/plain" else "html"
+    return entry.get("summary", "") or "", detail.get("type") or ""
 
 
 # -- NDJSON -----------------------------------------------------------------
 
 def read_ndjson(stream: IO, max_bytes: int) -> Iterator[Document | Skipped]:
-    """Posts as JSON objects, one per line: id, content, and optionally title/url/date/tags."""
+    """Posts as JSON objects, one per line: id, content, and optionally title/url/date/tags
+    and the content's format (Markdown unless it names another)."""
     for number, raw in enumerate(stream, 1):
         name = f"stdin line {number}"
         if isinstance(raw, bytes):
@@ -420,11 +287,11 @@ def read_ndjson(stream: IO, max_bytes: int) -> Iterator[Document | Skipped]:
         if not isinstance(content, str) or not content.strip():
             yield Skipped(name, "missing or empty content", source)
             continue
+        post_format = format_named(item.get("format")) or format_named("markdown")
         try:
-            parse = parse_html if item.get("format") == "html" else parse_markdown
-            doc = parse(content, source=source, url=str(item.get("url") or ""),
-                      title=str(item.get("title") or ""), date=item.get("date"),
-                      tags=item.get("tags"))
+            doc = post_format.parse(content, source=source, url=str(item.get("url") or ""),
+                                    title=str(item.get("title") or ""), date=item.get("date"),
+                                    tags=item.get("tags"))
         except SkipInput as skip:
             yield Skipped(name, str(skip), source)
             continue

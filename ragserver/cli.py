@@ -105,8 +105,9 @@ json_lines_option = click.option("--json", "as_json", is_flag=True,
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar: only warnings and the summary line (for cron).")
 def ingest(sources, db, base_url, prune, quiet):
-    """Add or update posts from SOURCES: folders, globs, Markdown/HTML files, RSS/Atom
-    feeds (file or http(s) URL), or - for NDJSON on stdin (id, title, url, content, date).
+    """Add or update posts from SOURCES: folders, globs, Markdown/HTML/plain-text files
+    (.md, .html, .txt), RSS/Atom feeds (file or http(s) URL), or - for NDJSON on stdin
+    (id, title, url, content, date, format: markdown, html or text).
 
     Unchanged posts are not re-embedded. Exit status: 0 all read, 3 finished but some
     input was skipped (see warnings), 75 another ingest is running, 1 error.

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import CORPUS, corpus_posts
-from ragserver.ingest.chunking import (MIN_TOKENS, build_passages, embedding_text, markdown_blocks,
-                             slugify, split_unit)
-from ragserver.ingest.sources import parse_markdown
+from ragserver.ingest.chunking import MIN_TOKENS, build_passages, embedding_text, slugify, split_unit
+from ragserver.ingest.formats.markdown import markdown_blocks, parse_markdown
 
 
 def _passages(embedder, text, source, prefix=""):

@@ -14,11 +14,15 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ragserver.ingest.chunking import (MAX_CONTEXT_CHARS, Block, build_passages, context_text,
-                             embedding_text, html_blocks, html_title, markdown_blocks, slugify,
-                             split_sentences, split_unit, take_title)
-from ragserver.ingest.sources import (Document, SkipInput, Skipped, decode_text, parse_html,
-                            parse_markdown, read_ndjson, split_front_matter)
+from ragserver.ingest.chunking import (MAX_CONTEXT_CHARS, build_passages, context_text, embedding_text,
+                             slugify, split_sentences, split_unit)
+from ragserver.ingest.formats import FORMATS
+from ragserver.ingest.formats.html import html_blocks, html_title, parse_html
+from ragserver.ingest.formats.markdown import markdown_blocks, parse_markdown
+from ragserver.ingest.formats.post import split_front_matter, take_title
+from ragserver.ingest.formats.text import text_blocks
+from ragserver.ingest.records import Block
+from ragserver.ingest.sources import Document, SkipInput, Skipped, decode_text, read_ndjson
 
 # Same examples on every run and machine, and no .hypothesis example database on disk.
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=100,
@@ -88,8 +92,17 @@ def _spliced(pieces: list[str]) -> st.SearchStrategy[str]:
                     max_size=40).map("".join)
 
 
+TEXT_PIECES = [
+    "\n", "\n\n", "    ", "\t", "  ", "- ", "* ", "+ ", "• ", "1. ", "12) ", "===\n", "---\n",
+    "* * *\n", "~~~", "___", "SHOUTED WORDS\n", "T1\n", "`2024-03-05T14:35Z`", "Title\n\n",
+    "\r\n", "\r", "\x0c", "\x1c", "\u2028", "\u00a0", "\ufeff", "\ud800", "\x00", "ǅ", "ß",
+    "word ", "Sentence. ",
+]
+
+
 MARKDOWNISH = st.one_of(ANY_TEXT, _spliced(MARKDOWN_PIECES))
 HTMLISH = st.one_of(ANY_TEXT, _spliced(HTML_PIECES))
+TEXTISH = st.one_of(ANY_TEXT, _spliced(TEXT_PIECES))
 # Hypothesis favours small integers, so name the depths around markdown-it's nesting limit.
 DEPTHS = st.one_of(st.integers(0, 30), st.sampled_from([49, 50, 51, 99, 100, 101, 250, 400]))
 
@@ -166,6 +179,45 @@ def markdown_post(draw) -> tuple[str, list[str]]:
 
 
 @st.composite
+def text_post(draw) -> tuple[str, list[str]]:
+    """A plain-text post of words (capitals in shouted headings), and its words in order."""
+    parts: list[str] = []
+    words: list[str] = []
+    kinds = ["paragraph", "underlined", "capitals", "list", "code", "rule"]
+    for kind in draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=8)):
+        if kind == "paragraph":
+            lines = draw(st.lists(WORDS, min_size=1, max_size=4))
+            indent = draw(st.sampled_from(["", " ", "  "]))  # hanging or stray indents
+            parts.append("\n".join(indent + " ".join(line) for line in lines))
+            words += [w for line in lines for w in line]
+        elif kind == "underlined":
+            line = draw(WORDS)
+            underline = draw(st.sampled_from(["=", "-"])) * draw(st.integers(3, 30))
+            parts.append(" ".join(line) + "\n" + underline)
+            words += line
+        elif kind == "capitals":
+            line = draw(WORDS)
+            parts.append(" ".join(line).upper())
+            words += line
+        elif kind == "list":
+            lines = []
+            for line in draw(st.lists(WORDS, min_size=1, max_size=8)):
+                marker = draw(st.sampled_from(["- ", "* ", "• ", "1. ", "10) ", "  - ", "  "]))
+                lines.append((marker if lines else "- ") + " ".join(line))
+                words += line
+            parts.append("\n".join(lines))
+        elif kind == "code":
+            lines = draw(st.lists(st.one_of(WORDS, st.just([])), min_size=1, max_size=6)
+                         .filter(lambda ls: any(ls)))
+            indent = draw(st.sampled_from(["    ", "\t", "      "]))
+            parts.append("\n".join(indent + " ".join(line) if line else "" for line in lines))
+            words += [w for line in lines for w in line]
+        else:
+            parts.append(draw(st.sampled_from(["* * *", "---", "=====", "~~~", "___"])))
+    return "\n\n".join(parts) + draw(st.sampled_from(["", "\n", "\n\n"])), words
+
+
+@st.composite
 def html_page(draw) -> tuple[str, list[str]]:
     """An HTML page of lower-case words, with upper-case chrome that must not be read."""
     parts: list[str] = []
@@ -214,7 +266,7 @@ def _content_words(blocks) -> list[str]:
             if not line.lstrip().startswith("```") for w in re.findall(r"[A-Za-z]+", line)]
 
 
-# -- Markdown and HTML blocks -------------------------------------------------
+# -- Markdown, HTML and plain-text blocks -------------------------------------
 
 def _check_blocks(blocks):
     """Headings have a level; content units have a known kind and some text."""
@@ -257,6 +309,21 @@ def test_html_blocks_keep_article_words_and_drop_chrome(page):
     """All words of the body are read, in order, whatever element holds them; chrome is not."""
     html, words = page
     assert _content_words(html_blocks(html)) == words
+
+
+@PROPERTY
+@given(st.one_of(TEXTISH, MARKDOWNISH))
+def test_text_blocks_accept_any_text(text):
+    """Any str, however it mixes markers, rules, indents and line breaks, gives valid blocks."""
+    _check_blocks(text_blocks(text))
+
+
+@PROPERTY
+@given(text_post())
+def test_text_blocks_keep_every_word_in_order(post):
+    """Paragraphs, headings, lists and code of plain text: no word is lost or moved."""
+    text, words = post
+    assert [w.lower() for w in _content_words(text_blocks(text))] == words
 
 
 @PROPERTY
@@ -600,6 +667,20 @@ def test_parse_html_gives_a_document_or_skips(html, source, title):
     _check_document(doc, source)
 
 
+@settings(PROPERTY, max_examples=200)
+@pytest.mark.parametrize("post_format", FORMATS, ids=lambda f: f.name)
+@given(st.one_of(front_matter_text(), MARKDOWNISH, HTMLISH, TEXTISH), sources, base_urls,
+       titles)
+def test_every_format_gives_a_document_or_skips(post_format, text, source, base_url, title):
+    """Every parser in the table makes any text a Document with a title and content, or skips."""
+    try:
+        doc = post_format.parse(text, source=source, base_url=base_url, title=title)
+    except SkipInput as skip:
+        assert str(skip)
+        return
+    _check_document(doc, source)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(ANY_CHAR, max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
@@ -615,11 +696,11 @@ def ndjson_line(draw) -> str | bytes:
     if kind == "post":
         item = {"id": draw(st.one_of(st.text(ANY_CHAR, max_size=10), st.integers(), JSON_VALUES,
                                      st.sampled_from(["post-1", "\ud800"]))),
-                "content": draw(st.one_of(MARKDOWNISH, HTMLISH, front_matter_text(),
+                "content": draw(st.one_of(MARKDOWNISH, HTMLISH, TEXTISH, front_matter_text(),
                                           JSON_VALUES))}
         for key in ("title", "url", "date", "tags", "format"):
             if draw(st.booleans()):
-                item[key] = draw(st.one_of(JSON_VALUES, st.just("html")))
+                item[key] = draw(st.one_of(JSON_VALUES, st.sampled_from([f.name for f in FORMATS])))
         line = json.dumps(item, ensure_ascii=draw(st.booleans()))
     elif kind == "json":
         line = json.dumps(draw(JSON_VALUES))

@@ -16,8 +16,9 @@ import pytest
 from markdown_it import MarkdownIt
 
 from conftest import CORPUS
-from ragserver.ingest.sources import (Document, SkipInput, Skipped, open_source, parse_markdown,
-                            read_ndjson, split_front_matter)
+from ragserver.ingest.formats.markdown import parse_markdown
+from ragserver.ingest.formats.post import split_front_matter
+from ragserver.ingest.sources import Document, SkipInput, Skipped, open_source, read_ndjson
 
 WAL = CORPUS / "sqlite" / "enabling-wal-mode.md"
 CTE = CORPUS / "sqlite" / "simple-recursive-cte.md"
@@ -38,7 +39,7 @@ def test_directory_gives_relative_source_ids_and_base_url(tmp_path):
     (tmp_path / "blog" / "sqlite" / "wal.md").write_text(WAL.read_text())
     (tmp_path / "blog" / "index.md").write_text(CTE.read_text())
     (tmp_path / "blog" / ".hidden.md").write_text(CTE.read_text())
-    (tmp_path / "blog" / "notes.txt").write_text("not a post")
+    (tmp_path / "blog" / "notes.rst").write_text("not a post")
     source, docs, skipped = _read_all(tmp_path / "blog", base_url="https://blog.example/")
     assert source.kind == "directory" and source.listed and source.prunable
     assert {d.source: d.url for d in docs} == {
@@ -162,6 +163,17 @@ def test_ndjson_stdin():
     assert docs[0].url == "https://til.example/wal" and docs[0].date == "2024-01-01"
     assert [s.name for s in skipped] == ["stdin line 4", "stdin line 5", "stdin line 6", "stdin line 7"]
     assert "not JSON" in skipped[0].reason and "missing id" in skipped[1].reason
+
+
+def test_ndjson_lone_surrogate_in_html_is_skipped_not_a_crash():
+    """JSON can escape half a surrogate pair; short HTML without tags once crashed the parser."""
+    lines = [json.dumps({"id": "short", "format": "html", "content": "caf\udce9"}),
+             json.dumps({"id": "tagged", "format": "html", "content": "<p>caf\udce9</p>"}),
+             json.dumps({"id": "markdown", "content": "caf\udce9"})]
+    items = list(read_ndjson(io.StringIO("\n".join(lines) + "\n"), 1_000_000))
+    assert [(i.source, i.reason) for i in items] == [
+        (source, "not Unicode text: an unpaired \\ud800-\\udfff escape")
+        for source in ("short", "tagged", "markdown")]
 
 
 def test_bad_files_are_skipped_with_reasons(tmp_path):
