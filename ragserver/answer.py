@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterator
 
-from .storage import Hit, ModelMismatchError, Post, RelatedPost, Storage
+from .storage import Hit, ModelMismatchError, Storage
 from .config import Settings
 from .embedder import Embedder
 from .grounding import check_answer, find_loop

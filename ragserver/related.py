@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .storage import Hit, ModelMismatchError, Post, RelatedPost, Storage
+from .storage import Post, RelatedPost, Storage
 
 TOP = 10
 BLOCK = 1024  # posts compared against all others per matrix product

@@ -14,12 +14,14 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .records import (BackendUnavailable, CannotWrite, ExamplePost, Hit, IngestLocked, KeptPassage, ModelInfo, ModelMismatchError, NewPassage,
-                      NewPost, NotADatabase, Post, RelatedPost, Stats, StoredPassage)
+from .records import (BackendUnavailable, CannotWrite, ExamplePost, Hit, IngestLocked,
+                      KeptPassage, ModelInfo, ModelMismatchError, NewPassage, NewPost,
+                      NotADatabase, Post, RelatedPost, Stats, StoredPassage)
 
-__all__ = ["BACKENDS", "BackendUnavailable", "CannotWrite", "IngestLocked", "ExamplePost", "Hit", "KeptPassage", "ModelInfo", "ModelMismatchError",
-           "NewPassage", "NewPost", "NotADatabase", "Post", "RelatedPost", "Stats", "Storage",
-           "StoredPassage", "database_errors", "open_storage", "writer_lock"]
+__all__ = ["BACKENDS", "BackendUnavailable", "CannotWrite", "ExamplePost", "Hit", "IngestLocked",
+           "KeptPassage", "ModelInfo", "ModelMismatchError", "NewPassage", "NewPost",
+           "NotADatabase", "Post", "RelatedPost", "Stats", "Storage", "StoredPassage",
+           "database_errors", "open_storage", "writer_lock"]
 
 # URL scheme -> "module:class". A target without a scheme is a SQLite file path.
 BACKENDS = {
@@ -77,7 +79,8 @@ class Storage(Protocol):
 
     # -- related posts --
     def stale_post_vectors(self) -> tuple[list[int], list[int]]: ...
-    def passage_vectors_of_posts(self, post_ids: list[int]) -> Iterator[tuple[int, str, np.ndarray]]: ...
+    def passage_vectors_of_posts(self, post_ids: list[int]
+                                 ) -> Iterator[tuple[int, str, np.ndarray]]: ...
     def all_post_vectors(self) -> tuple[np.ndarray, np.ndarray]: ...
     def related_lists(self) -> dict[int, list[tuple[int, float]]]: ...
     def save_post_vectors(self, rows, gone: list[int]) -> None: ...
@@ -86,7 +89,8 @@ class Storage(Protocol):
 
     # -- re-embedding with another model --
     def start_reembed(self, model_key: str) -> None: ...
-    def passages_missing_reembed(self, limit: int) -> list[tuple[int, str, tuple[str, ...], str]]: ...
+    def passages_missing_reembed(self, limit: int
+                                 ) -> list[tuple[int, str, tuple[str, ...], str]]: ...
     def save_reembed(self, model_key: str, rows) -> None: ...
     def switch_model(self, info: ModelInfo) -> None: ...
 

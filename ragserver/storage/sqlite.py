@@ -128,6 +128,12 @@ class SQLiteStorage:
             self.conn.close()
             raise
 
+    def _sql(self, sql: str, parameters=()):
+        return self.conn.execute(sql, parameters)
+
+    def _sql_many(self, sql: str, rows):
+        return self.conn.executemany(sql, rows)
+
     @staticmethod
     def writer_lock(path: str | Path):
         """The lock every writer of this database holds (a lock file beside it)."""
@@ -164,17 +170,17 @@ class SQLiteStorage:
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         """One value from the meta table."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._sql("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
         """Set one value in the meta table."""
-        self.conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        self._sql("INSERT INTO meta(key, value) VALUES (?, ?) "
+                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     def get_schema_version(self) -> int | None:
         """The schema version, or None when this is not (yet) a ragserver database."""
-        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+        if self._sql("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
             return None
         value = self.get_meta("schema_version")
         return None if value is None else int(value)
@@ -189,12 +195,12 @@ class SQLiteStorage:
                          passage_prefix=self.get_meta("passage_prefix", ""))
 
     def set_model_info(self, info: ModelInfo) -> None:
-        """Record the model (inside the caller's transaction) and create the index for its dimension."""
+        """Record the model (in the caller's transaction) and create the index for its dimension."""
         self.set_meta("embedding_model", info.name)
         self.set_meta("embedding_dimension", str(info.dimension))
         self.set_meta("query_prefix", info.query_prefix)
         self.set_meta("passage_prefix", info.passage_prefix)
-        self.conn.execute("UPDATE collections SET model = ? WHERE name = ?", (info.name, COLLECTION))
+        self._sql("UPDATE collections SET model = ? WHERE name = ?", (info.name, COLLECTION))
         self.create_index(info.dimension)
 
     def check_model(self, info: ModelInfo) -> None:
@@ -207,23 +213,23 @@ class SQLiteStorage:
 
     def bump_generation(self) -> None:
         """Tell readers the vector index changed (sqlite-vss readers must reopen to see it)."""
-        self.conn.execute("INSERT INTO meta(key, value) VALUES ('index_generation', '1') "
-                     "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+        self._sql("INSERT INTO meta(key, value) VALUES ('index_generation', '1') "
+                  "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     # -- posts and passages -----------------------------------------------------
 
     def get_post(self, source: str) -> Post | None:
         """The post with this source id, if any."""
-        row = self.conn.execute(f"SELECT {_POST_COLUMNS} FROM posts WHERE source = ?", (source,)).fetchone()
+        row = self._sql(f"SELECT {_POST_COLUMNS} FROM posts WHERE source = ?", (source,)).fetchone()
         return None if row is None else _post(row)
 
     def list_posts(self) -> list[Post]:
         """Every post, by source."""
-        return [_post(r) for r in self.conn.execute(f"SELECT {_POST_COLUMNS} FROM posts ORDER BY source")]
+        return [_post(r) for r in self._sql(f"SELECT {_POST_COLUMNS} FROM posts ORDER BY source")]
 
     def sources_for_origin(self, origin: str) -> set[str]:
         """Source ids of the posts last ingested from this origin (a folder, glob or feed)."""
-        return {r[0] for r in self.conn.execute("SELECT source FROM posts WHERE origin = ?", (origin,))}
+        return {r[0] for r in self._sql("SELECT source FROM posts WHERE origin = ?", (origin,))}
 
     def write_post(self, post: NewPost, passages: list[NewPassage | KeptPassage],
                    drop: list[int]) -> bool:
@@ -247,22 +253,22 @@ class SQLiteStorage:
             post.source, post.origin, post.title, post.url, post.date, post.tags,
             post.content_hash)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.conn.execute(
+        self._sql(
             "INSERT INTO posts(source, origin, title, url, date, tags, content_hash, ingested_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
             "origin = excluded.origin, title = excluded.title, url = excluded.url, "
             "date = excluded.date, tags = excluded.tags, content_hash = excluded.content_hash, "
             "ingested_at = excluded.ingested_at",
             (source, origin, title, url, date, json.dumps(list(tags)), content_hash, now))
-        return self.conn.execute("SELECT id FROM posts WHERE source = ?", (source,)).fetchone()[0]
+        return self._sql("SELECT id FROM posts WHERE source = ?", (source,)).fetchone()[0]
 
     def move_post(self, source: str, origin: str) -> None:
         """Record that an unchanged post is now read from another origin (a moved folder)."""
-        self.conn.execute("UPDATE posts SET origin = ? WHERE source = ?", (origin, source))
+        self._sql("UPDATE posts SET origin = ? WHERE source = ?", (origin, source))
 
     def passages_for_post(self, post_id: int) -> list[StoredPassage]:
         """A post's passages in reading order."""
-        rows = self.conn.execute(
+        rows = self._sql(
             "SELECT id, post_id, position, heading_path, anchor, text, content_hash "
             "FROM passages WHERE post_id = ? ORDER BY position", (post_id,))
         return [StoredPassage(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6])
@@ -271,30 +277,30 @@ class SQLiteStorage:
     def _insert_passage(self, collection_id: int, post: NewPost, post_id: int,
                         passage: NewPassage) -> int:
         """Write one passage: its row, its vector, its FTS row and its index row."""
-        cur = self.conn.execute(
+        cur = self._sql(
             "INSERT INTO passages(post_id, position, heading_path, anchor, text, content_hash) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (post_id, passage.position, json.dumps(list(passage.heading_path)), passage.anchor,
              passage.text, passage.content_hash))
         passage_id = cur.lastrowid
         blob = vector_to_blob(passage.vector)
-        self.conn.execute(
+        self._sql(
             "INSERT INTO embeddings(collection_id, id, embedding, content, content_hash, metadata, "
             "updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (collection_id, str(passage_id), blob, passage.text,
              hashlib.md5(passage.text.encode("utf-8")).digest(),
              _metadata(post, passage.position, passage.heading_path, passage.anchor),
              int(time.time())))
-        self.conn.execute("INSERT INTO passages_fts(rowid, title, headings, text) VALUES (?, ?, ?, ?)",
-                     (passage_id, post.title, " ".join(passage.heading_path), passage.text))
+        self._sql("INSERT INTO passages_fts(rowid, title, headings, text) VALUES (?, ?, ?, ?)",
+                  (passage_id, post.title, " ".join(passage.heading_path), passage.text))
         self.insert_index_rows([(passage_id, blob)])
         return passage_id
 
     def _move_passage(self, collection_id: int, post: NewPost, kept: KeptPassage) -> None:
         """Update where an unchanged passage sits in its post (no re-embedding, no index write)."""
-        self.conn.execute("UPDATE passages SET position = ?, anchor = ? WHERE id = ?",
+        self._sql("UPDATE passages SET position = ?, anchor = ? WHERE id = ?",
                           (kept.position, kept.anchor, kept.id))
-        self.conn.execute(
+        self._sql(
             "UPDATE embeddings SET metadata = ? WHERE collection_id = ? AND id = ?",
             (_metadata(post, kept.position, kept.heading_path, kept.anchor), collection_id,
              str(kept.id)))
@@ -304,22 +310,22 @@ class SQLiteStorage:
         collection_id = self.collection_id()
         index_table = self.vector_index().table
         for passage_id in passage_ids:
-            self.conn.execute("DELETE FROM passages WHERE id = ?", (passage_id,))
-            self.conn.execute("DELETE FROM embeddings WHERE collection_id = ? AND id = ?",
-                         (collection_id, str(passage_id)))
-            self.conn.execute("DELETE FROM passages_fts WHERE rowid = ?", (passage_id,))
-            self.conn.execute(f"DELETE FROM {index_table} WHERE rowid = ?", (passage_id,))
+            self._sql("DELETE FROM passages WHERE id = ?", (passage_id,))
+            self._sql("DELETE FROM embeddings WHERE collection_id = ? AND id = ?",
+                      (collection_id, str(passage_id)))
+            self._sql("DELETE FROM passages_fts WHERE rowid = ?", (passage_id,))
+            self._sql(f"DELETE FROM {index_table} WHERE rowid = ?", (passage_id,))
 
     def delete_post(self, post_id: int) -> int:
         """Delete a post and everything derived from it; returns the passages removed."""
-        ids = [r[0] for r in self.conn.execute("SELECT id FROM passages WHERE post_id = ?", (post_id,))]
+        ids = [r[0] for r in self._sql("SELECT id FROM passages WHERE post_id = ?", (post_id,))]
         self.delete_passages(ids)
-        self.conn.execute("DELETE FROM posts WHERE id = ?", (post_id,))
+        self._sql("DELETE FROM posts WHERE id = ?", (post_id,))
         return len(ids)
 
     def collection_id(self) -> int:
         """Row id of the passages collection in the llm-compatible tables."""
-        return self.conn.execute("SELECT id FROM collections WHERE name = ?", (COLLECTION,)).fetchone()[0]
+        return self._sql("SELECT id FROM collections WHERE name = ?", (COLLECTION,)).fetchone()[0]
 
     # -- vector index -----------------------------------------------------------
 
@@ -332,7 +338,7 @@ class SQLiteStorage:
         return self.vector_index().kind
 
     def set_vector_index(self, kind: str) -> None:
-        """Choose the kind of index (inside the caller's transaction; the old one must be dropped)."""
+        """Choose the kind of index (in the caller's transaction; the old one must be dropped)."""
         if kind not in INDEXES:
             raise ValueError(f"vector index must be one of {', '.join(INDEXES)}, not {kind!r}")
         self.set_meta("vector_index", kind)
@@ -343,35 +349,35 @@ class SQLiteStorage:
 
     def index_exists_of(self, kind: str) -> bool:
         """True when a vector index of this kind exists in the database."""
-        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
-                            (INDEXES[kind].table,)).fetchone() is not None
+        return self._sql("SELECT 1 FROM sqlite_master WHERE name = ?",
+                         (INDEXES[kind].table,)).fetchone() is not None
 
     def create_index(self, dimension: int) -> None:
         """Create the vector index for vectors of this dimension, if missing."""
-        self.conn.execute(self.vector_index().create.format(dimension=int(dimension)))
+        self._sql(self.vector_index().create.format(dimension=int(dimension)))
 
     def drop_index(self) -> None:
         """Drop the vector index, of either kind (it is rebuilt from the embeddings table)."""
         for index in INDEXES.values():
-            self.conn.execute(f"DROP TABLE IF EXISTS {index.table}")
+            self._sql(f"DROP TABLE IF EXISTS {index.table}")
 
     def count_vectors(self) -> int:
         """Vectors in the source-of-truth table."""
-        return self.conn.execute("SELECT count(*) FROM embeddings WHERE collection_id = ?",
-                            (self.collection_id(),)).fetchone()[0]
+        return self._sql("SELECT count(*) FROM embeddings WHERE collection_id = ?",
+                         (self.collection_id(),)).fetchone()[0]
 
     def count_index_rows(self) -> int:
         """Rows in the vector index (0 when it does not exist)."""
         if not self.index_exists():
             return 0
-        return self.conn.execute(self.vector_index().count).fetchone()[0]
+        return self._sql(self.vector_index().count).fetchone()[0]
 
     def iter_vectors(self, batch: int = 1000):
         """Yield lists of (passage id, blob) from the embeddings table, in id order."""
         cid = self.collection_id()
         last = -1
         while True:
-            rows = self.conn.execute(
+            rows = self._sql(
                 "SELECT CAST(id AS INTEGER) AS pid, embedding FROM embeddings "
                 "WHERE collection_id = ? AND CAST(id AS INTEGER) > ? ORDER BY pid LIMIT ?",
                 (cid, last, batch)).fetchall()
@@ -382,8 +388,8 @@ class SQLiteStorage:
 
     def insert_index_rows(self, rows) -> None:
         """Add (passage id, blob) rows to the vector index."""
-        self.conn.executemany(f"INSERT INTO {self.vector_index().table}(rowid, embedding) VALUES (?, ?)",
-                         rows)
+        self._sql_many(f"INSERT INTO {self.vector_index().table}(rowid, embedding) VALUES (?, ?)",
+                       rows)
 
     def search_index(self, vector, k: int) -> list[Hit]:
         """Nearest passages to a normalised query vector, best first; [] for an empty index.
@@ -394,7 +400,7 @@ class SQLiteStorage:
         if k <= 0 or self.count_index_rows() == 0:
             return []
         index = self.vector_index()
-        rows = self.conn.execute(index.search, (vector_to_blob(vector), int(k))).fetchall()
+        rows = self._sql(index.search, (vector_to_blob(vector), int(k))).fetchall()
         return self._hits({rowid: index.score(distance) for rowid, distance in rows},
                      similarity=True)
 
@@ -402,7 +408,7 @@ class SQLiteStorage:
         """The stored vectors of some passages, by passage id."""
         if not passage_ids:
             return {}
-        rows = self.conn.execute(
+        rows = self._sql(
             "SELECT CAST(id AS INTEGER), embedding FROM embeddings WHERE collection_id = ? "
             f"AND id IN ({','.join('?' * len(passage_ids))})",
             [self.collection_id(), *map(str, passage_ids)]).fetchall()
@@ -414,7 +420,7 @@ class SQLiteStorage:
         if not scores:
             return []
         marks = ",".join("?" * len(scores))
-        details = self.conn.execute(
+        details = self._sql(
             "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text, o.date "
             f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
             list(scores)).fetchall()
@@ -425,7 +431,7 @@ class SQLiteStorage:
 
     def extension_versions(self) -> dict:
         """Versions of SQLite and the vector extensions loaded into this connection."""
-        sqlite, vss, vec = self.conn.execute(
+        sqlite, vss, vec = self._sql(
             "SELECT sqlite_version(), vss_version(), vec_version()").fetchone()
         return {"sqlite": sqlite, "sqlite-vss": vss, "sqlite-vec": vec}
 
@@ -433,12 +439,12 @@ class SQLiteStorage:
         """Counts and sizes for `ragserver stats` and health checks."""
         index_bytes = 0
         if self.index_exists():
-            index_bytes = self.conn.execute(self.vector_index().size).fetchone()[0]
-        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
-        page_count = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            index_bytes = self._sql(self.vector_index().size).fetchone()[0]
+        page_size = self._sql("PRAGMA page_size").fetchone()[0]
+        page_count = self._sql("PRAGMA page_count").fetchone()[0]
         return Stats(
-            posts=self.conn.execute("SELECT count(*) FROM posts").fetchone()[0],
-            passages=self.conn.execute("SELECT count(*) FROM passages").fetchone()[0],
+            posts=self._sql("SELECT count(*) FROM posts").fetchone()[0],
+            passages=self._sql("SELECT count(*) FROM passages").fetchone()[0],
             vectors=self.count_vectors(),
             index_rows=self.count_index_rows(),
             index_bytes=index_bytes,
@@ -452,20 +458,20 @@ class SQLiteStorage:
     # -- related posts ----------------------------------------------------------
 
     def stale_post_vectors(self) -> tuple[list[int], list[int]]:
-        """(posts whose post vector is missing or older than the post, post vectors of deleted posts)."""
-        changed = [r[0] for r in self.conn.execute(
+        """(posts whose post vector is missing or older than the post, vectors of deleted posts)."""
+        changed = [r[0] for r in self._sql(
             "SELECT o.id FROM posts o LEFT JOIN post_vectors v ON v.post_id = o.id "
             "WHERE v.content_hash IS NOT o.content_hash ORDER BY o.id")]
-        gone = [r[0] for r in self.conn.execute(
+        gone = [r[0] for r in self._sql(
             "SELECT post_id FROM post_vectors WHERE post_id NOT IN (SELECT id FROM posts)")]
         return changed, gone
 
     def passage_vectors_of_posts(self, post_ids: list[int]):
-        """Yield (post id, content hash, matrix of its passage vectors) for each post that has any."""
+        """Yield (post id, content hash, matrix of its passage vectors) for posts that have any."""
         cid = self.collection_id()
         for start in range(0, len(post_ids), 500):
             chunk = post_ids[start:start + 500]
-            rows = self.conn.execute(
+            rows = self._sql(
                 "SELECT o.id, o.content_hash, e.embedding FROM posts o "
                 "JOIN passages p ON p.post_id = o.id "
                 "JOIN embeddings e ON e.collection_id = ? AND e.id = CAST(p.id AS TEXT) "
@@ -479,7 +485,7 @@ class SQLiteStorage:
 
     def all_post_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(post ids, matrix of post vectors), in id order."""
-        rows = self.conn.execute("SELECT post_id, embedding FROM post_vectors ORDER BY post_id").fetchall()
+        rows = self._sql("SELECT post_id, embedding FROM post_vectors ORDER BY post_id").fetchall()
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         return (np.array([r[0] for r in rows], np.int64),
@@ -488,15 +494,15 @@ class SQLiteStorage:
     def related_lists(self) -> dict[int, list[tuple[int, float]]]:
         """Every post's stored related posts: post id -> [(related id, score)] best first."""
         lists: dict[int, list[tuple[int, float]]] = {}
-        for post_id, related_id, score in self.conn.execute(
+        for post_id, related_id, score in self._sql(
                 "SELECT post_id, related_id, score FROM related_posts ORDER BY post_id, rank"):
             lists.setdefault(post_id, []).append((related_id, score))
         return lists
 
     def save_post_vectors(self, rows, gone: list[int]) -> None:
         """Store (post id, content hash, vector) rows; forget the vectors of deleted posts."""
-        self.conn.executemany("DELETE FROM post_vectors WHERE post_id = ?", [(i,) for i in gone])
-        self.conn.executemany(
+        self._sql_many("DELETE FROM post_vectors WHERE post_id = ?", [(i,) for i in gone])
+        self._sql_many(
             "INSERT INTO post_vectors(post_id, content_hash, embedding) VALUES (?, ?, ?) "
             "ON CONFLICT(post_id) DO UPDATE SET content_hash = excluded.content_hash, "
             "embedding = excluded.embedding",
@@ -504,16 +510,16 @@ class SQLiteStorage:
 
     def save_related(self, lists: dict[int, list[tuple[int, float]]], gone: list[int]) -> None:
         """Replace the related posts of the posts in `lists`; drop those of deleted posts."""
-        self.conn.executemany("DELETE FROM related_posts WHERE post_id = ?",
-                         [(i,) for i in [*lists, *gone]])
-        self.conn.executemany(
+        self._sql_many("DELETE FROM related_posts WHERE post_id = ?",
+                       [(i,) for i in [*lists, *gone]])
+        self._sql_many(
             "INSERT INTO related_posts(post_id, rank, related_id, score) VALUES (?, ?, ?, ?)",
             [(pid, rank, rid, score) for pid, ranked in lists.items()
              for rank, (rid, score) in enumerate(ranked, 1)])
 
     def forget_post_vectors(self) -> None:
         """Mark every post vector stale (after the passages were re-embedded with another model)."""
-        self.conn.execute("DELETE FROM post_vectors")
+        self._sql("DELETE FROM post_vectors")
 
     def find_post(self, *, source: str | None = None, url: str | None = None) -> Post | None:
         """A post by source id, or by its URL (ignoring a trailing slash and any #fragment)."""
@@ -522,13 +528,14 @@ class SQLiteStorage:
         if not url:
             return None
         bare = url.split("#", 1)[0].rstrip("/")
-        row = self.conn.execute(f"SELECT {_POST_COLUMNS} FROM posts WHERE url IN (?, ?) ORDER BY id LIMIT 1",
-                           (bare, bare + "/")).fetchone()
+        row = self._sql(f"SELECT {_POST_COLUMNS} FROM posts WHERE url IN (?, ?) "
+                        "ORDER BY id LIMIT 1",
+                        (bare, bare + "/")).fetchone()
         return None if row is None else _post(row)
 
     def related_for(self, post_id: int, n: int = 10) -> list[RelatedPost]:
         """A post's most similar posts, best first."""
-        rows = self.conn.execute(
+        rows = self._sql(
             "SELECT o.source, o.title, o.url, o.date, r.score FROM related_posts r "
             "JOIN posts o ON o.id = r.related_id WHERE r.post_id = ? ORDER BY r.rank LIMIT ?",
             (post_id, n))
@@ -537,14 +544,14 @@ class SQLiteStorage:
     # -- re-embedding with another model ----------------------------------------
 
     def start_reembed(self, model_key: str) -> None:
-        """Side table for vectors from a new model; keeps rows of an interrupted run for the same model."""
-        self.conn.execute("CREATE TABLE IF NOT EXISTS reembed (passage_id INTEGER PRIMARY KEY, "
-                     "model TEXT NOT NULL, content_hash TEXT NOT NULL, embedding BLOB NOT NULL)")
-        self.conn.execute("DELETE FROM reembed WHERE model != ?", (model_key,))
+        """Side table for a new model's vectors; keeps an interrupted run's rows for the same model."""
+        self._sql("CREATE TABLE IF NOT EXISTS reembed (passage_id INTEGER PRIMARY KEY, "
+                  "model TEXT NOT NULL, content_hash TEXT NOT NULL, embedding BLOB NOT NULL)")
+        self._sql("DELETE FROM reembed WHERE model != ?", (model_key,))
 
     def passages_missing_reembed(self, limit: int) -> list[tuple[int, str, tuple[str, ...], str]]:
         """(passage id, post title, heading path, text) of passages not yet re-embedded."""
-        rows = self.conn.execute(
+        rows = self._sql(
             "SELECT p.id, o.title, p.heading_path, p.text FROM passages p "
             "JOIN posts o ON o.id = p.post_id "
             "WHERE p.id NOT IN (SELECT passage_id FROM reembed) ORDER BY p.id LIMIT ?", (limit,))
@@ -552,20 +559,20 @@ class SQLiteStorage:
 
     def save_reembed(self, model_key: str, rows) -> None:
         """Store (passage id, passage hash, vector) rows from the new model."""
-        self.conn.executemany(
+        self._sql_many(
             "INSERT INTO reembed(passage_id, model, content_hash, embedding) VALUES (?, ?, ?, ?)",
             [(pid, model_key, digest, vector_to_blob(v)) for pid, digest, v in rows])
 
     def apply_reembed(self) -> None:
         """Swap the new vectors and passage hashes in, then drop the side table."""
         cid = self.collection_id()
-        self.conn.execute(
+        self._sql(
             "UPDATE embeddings SET updated = ?, embedding = (SELECT r.embedding FROM reembed r "
             "WHERE r.passage_id = CAST(embeddings.id AS INTEGER)) WHERE collection_id = ?",
             (int(time.time()), cid))
-        self.conn.execute("UPDATE passages SET content_hash = (SELECT r.content_hash FROM reembed r "
-                     "WHERE r.passage_id = passages.id)")
-        self.conn.execute("DROP TABLE reembed")
+        self._sql("UPDATE passages SET content_hash = (SELECT r.content_hash FROM reembed r "
+                  "WHERE r.passage_id = passages.id)")
+        self._sql("DROP TABLE reembed")
 
     # -- whole-index maintenance ------------------------------------------------
 
@@ -611,7 +618,7 @@ class SQLiteStorage:
         query = fts_query(text)
         if not query or k <= 0:
             return []
-        rows = self.conn.execute(
+        rows = self._sql(
             "SELECT rowid, bm25(passages_fts, 2.0, 2.0, 1.0) AS rank FROM passages_fts "
             "WHERE passages_fts MATCH ? ORDER BY rank LIMIT ?", (query, int(k))).fetchall()
         # bm25() is lower-is-better and unbounded; report its negation as the score.
@@ -619,7 +626,7 @@ class SQLiteStorage:
 
     def example_posts(self, n: int) -> list[ExamplePost]:
         """The n most recent posts with a title (undated posts last, ties by id), for examples."""
-        rows = self.conn.execute(
+        rows = self._sql(
             "SELECT title, url FROM posts WHERE trim(title) != '' "
             "ORDER BY date IS NULL, date DESC, id LIMIT ?", (int(n),))
         return [ExamplePost(*r) for r in rows]
