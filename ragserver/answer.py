@@ -19,7 +19,8 @@ from . import store
 from .config import Settings
 from .embedder import Embedder
 from .grounding import check_answer, find_loop
-from .llm import ChatModel, Gate, LLMError, QueueFull
+from .gate import Gate, QueueFull
+from .llm import ChatModel, LLMError
 from .quick import quick_answer
 from .retrieve import retrieve
 

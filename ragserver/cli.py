@@ -376,7 +376,8 @@ def ask(question, db, number, as_json):
     best answer it, quoted; then the model's answer as it is written, with what the sources
     do not support marked; then the numbered sources."""
     from .answer import Options, answer
-    from .llm import Gate, LLMError, load_chat_model
+    from .gate import Gate
+    from .llm import LLMError, load_chat_model
 
     if not question.strip():
         raise click.ClickException("the question is empty")

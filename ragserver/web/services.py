@@ -19,7 +19,8 @@ from werkzeug.exceptions import ServiceUnavailable
 from ..config import QUERY_EMBED_THREADS, Settings
 from ..db import Reader, database_errors
 from ..embedder import CachedQueries
-from ..llm import Gate, Place, load_chat_model
+from ..gate import Gate, Place
+from ..llm import load_chat_model
 from .limits import RateLimit
 
 
