@@ -19,7 +19,8 @@ from ..llm import LLMError
 from ..render import checked_answer
 from ..store import example_posts
 from .limits import check_rate, take_place
-from .services import Turn, services
+from .conversations import Turn
+from .services import services
 
 bp = Blueprint("chat", __name__)
 
