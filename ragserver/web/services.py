@@ -1,30 +1,22 @@
-"""What the views share: lazily loaded models, the model gate, a few read connections, chats.
+"""What the views share: the models, loaded lazily, and the app's gate, read connections,
+conversations and rate limits.
 
-Everything loads on first use, inside the worker process (after gunicorn forks).
+Models load on first use, inside the worker process (after gunicorn forks).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
-from contextlib import contextmanager
 
 from flask import current_app
-from werkzeug.exceptions import ServiceUnavailable
 
 from ..config import QUERY_EMBED_THREADS, Settings
-from ..db import Reader, database_errors
 from ..embedder import CachedQueries
 from ..gate import Gate
 from ..llm import load_chat_model
 from .conversations import Conversations
 from .limits import RateLimit
-
-
-# Read connections open at once: searches are CPU-bound (two cores here), so more would
-# only queue elsewhere, and each sqlite-vss connection holds its own copy of the index.
-READERS = 2
-READER_WAIT = 30  # seconds a request waits for a connection before a 503
+from .pool import ReaderPool
 
 
 class Services:
@@ -35,8 +27,7 @@ class Services:
         self._embedder = embedder
         self._llm = llm
         self._load_lock = threading.Lock()
-        self._idle: queue.LifoQueue[Reader] = queue.LifoQueue()
-        self._lendable = threading.BoundedSemaphore(READERS)
+        self.pool = ReaderPool(settings.db_path)
         self.gate = Gate(settings.max_waiting)
         self.conversations = Conversations()
         self.ask_limit = RateLimit(settings.ask_rate)
@@ -70,34 +61,9 @@ class Services:
             status.update(self._llm.status())
         return status
 
-    @contextmanager
     def reading(self):
-        """Lend one of READERS read-only connections for the duration of the block.
-
-        Read-only: nothing a web request does can change the posts (the CLI writes).
-        Shared, not one per thread: each sqlite-vss connection loads the whole index
-        into memory (about 300 MB at 200k passages). A connection is reopened when the
-        vector index changed since it was last lent (see Reader).
-        """
-        if not self._lendable.acquire(timeout=READER_WAIT):
-            raise ServiceUnavailable("The server is too busy to search right now; "
-                                     "please try again shortly.", retry_after=5)
-        reader = None
-        try:
-            try:
-                reader = self._idle.get_nowait()
-            except queue.Empty:
-                reader = Reader(self.settings.db_path, readonly=True)
-            yield reader.connection()
-        except database_errors():
-            if reader is not None:  # a database replaced or damaged under it: open afresh
-                reader.close()
-                reader = None
-            raise
-        finally:
-            if reader is not None:
-                self._idle.put(reader)
-            self._lendable.release()
+        """A read connection for the duration of a with block (see ReaderPool.reading)."""
+        return self.pool.reading()
 
 
 def services() -> Services:
