@@ -18,33 +18,16 @@ from ..embedder import EmbedderError
 from ..llm import LLMError
 from ..render import checked_answer
 from ..store import example_posts
-from .limits import check_rate, take_place
 from .conversations import Turn
+from .limits import check_rate, take_place
 from .services import services
+from .validation import MAX_QUESTION_CHARS, BadQuestion, check_question
 
 bp = Blueprint("chat", __name__)
 
-MAX_QUESTION_CHARS = 2000
 ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up its place
 EXAMPLES = 4  # example questions on an empty conversation
 TIMINGS = ("retrieval_ms", "ttft_ms", "tokens", "tokens_per_s")  # shown under an answer
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, CR and LF are fine
-
-
-class BadQuestion(ValueError):
-    """The question is empty, too long or not text."""
-
-
-def check_question(value, noun: str = "question") -> str:
-    """A usable question (or search), or BadQuestion with a message for the user."""
-    if not isinstance(value, str) or not value.strip():
-        raise BadQuestion(f"Please type a {noun}.")
-    if len(value) > MAX_QUESTION_CHARS:
-        raise BadQuestion(f"A {noun} is limited to {MAX_QUESTION_CHARS:,} characters "
-                          f"(this one has {len(value):,}).")
-    if _CONTROL.search(value):
-        raise BadQuestion(f"The {noun} contains control characters.")
-    return value.strip()
 
 
 def sse(event: str, data: str) -> str:

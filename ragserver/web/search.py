@@ -8,10 +8,10 @@ from flask import Blueprint, jsonify, render_template, request
 
 from ..related import TOP, NotFound, related_posts
 from ..render import highlight
-from ..retrieve import MODES, search_posts
-from .chat import BadQuestion, check_question
+from ..retrieve import search_posts
 from .limits import check_rate
 from .services import services
+from .validation import BadParameter, BadQuestion, check_question, read_mode, read_whole_number
 
 bp = Blueprint("search", __name__)
 
@@ -36,27 +36,6 @@ def cors(response):
         response.headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
         response.headers["Access-Control-Max-Age"] = "600"
     return response
-
-
-class BadParameter(ValueError):
-    """A query-string parameter out of range; the message says what is allowed."""
-
-
-def _whole_number(name: str, default: int, low: int, high: int) -> int:
-    try:
-        value = int(request.args.get(name, default))
-    except ValueError:
-        raise BadParameter(f"{name} must be a whole number") from None
-    if not low <= value <= high:
-        raise BadParameter(f"{name} must be between {low} and {high}")
-    return value
-
-
-def _mode() -> str:
-    mode = request.args.get("mode", "hybrid")
-    if mode not in MODES:
-        raise BadParameter(f"mode must be one of {', '.join(MODES)}")
-    return mode
 
 
 def _no_posts() -> bool:
@@ -87,9 +66,9 @@ def api_search():
     started = time.perf_counter()
     try:
         query = check_question(request.args.get("q"), noun="search")
-        mode = _mode()
-        n = _whole_number("n", 10, 1, MAX_RESULTS)
-        more = _whole_number("more", 0, 0, MAX_MORE)
+        mode = read_mode()
+        n = read_whole_number("n", 10, 1, MAX_RESULTS)
+        more = read_whole_number("more", 0, 0, MAX_MORE)
     except (BadQuestion, BadParameter) as error:
         return jsonify(error=str(error)), 400
     check_rate(services().search_limit, "searches")
@@ -127,7 +106,7 @@ def _related():
     try:
         if not source and not url:
             raise BadParameter("give the post as ?source= (its source id) or ?url=")
-        n = _whole_number("n", 5, 1, TOP)
+        n = read_whole_number("n", 5, 1, TOP)
         check_rate(services().search_limit, "requests")
         if _no_posts():
             raise NotFound("no posts have been ingested yet")
@@ -170,8 +149,8 @@ def search_page():
     if query.strip():
         try:
             query = check_question(query, noun="search")
-            mode = _mode()
-            page = _whole_number("page", 1, 1, MAX_PAGE)
+            mode = read_mode()
+            page = read_whole_number("page", 1, 1, MAX_PAGE)
         except (BadQuestion, BadParameter) as error:
             context["error"], status = str(error), 400
         else:
