@@ -7,8 +7,7 @@ import re
 import secrets
 import time
 
-from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
-                   stream_with_context, url_for)
+from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
@@ -21,6 +20,7 @@ from ..store import example_posts
 from .conversations import Turn
 from .limits import check_rate, take_place
 from .services import services
+from .sse import event_stream, sse
 from .validation import MAX_QUESTION_CHARS, BadQuestion, check_question
 
 bp = Blueprint("chat", __name__)
@@ -28,18 +28,6 @@ bp = Blueprint("chat", __name__)
 ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up its place
 EXAMPLES = 4  # example questions on an empty conversation
 TIMINGS = ("retrieval_ms", "ttft_ms", "tokens", "tokens_per_s")  # shown under an answer
-
-
-def sse(event: str, data: str) -> str:
-    """One server-sent event; multi-line data becomes several data: lines."""
-    lines = data.split("\n")
-    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
-
-
-def event_stream(events) -> Response:
-    """A text/event-stream response that proxies must not buffer or cache."""
-    return Response(stream_with_context(events), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _events(question: str, history: list[dict], stop=None):
