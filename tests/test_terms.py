@@ -1,4 +1,4 @@
-"""One rule splits a query into words; keyword search's FTS5 query follows from it."""
+"""One rule splits a query into words: keyword search and snippet marks follow it alike."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sqlite3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ragserver.render import highlight
 from ragserver.store import fts_query
 from ragserver.terms import STOPWORDS, search_terms, split_words
 
@@ -63,3 +64,39 @@ def test_stopwords_are_dropped_unless_nothing_else_is_left():
     assert search_terms("what is it") == ["what", "is", "it"]
     assert search_terms("x in c") == ["x", "c"]
     assert search_terms("?!") == []
+
+
+def _marked(html) -> list[str]:
+    return [m.lower() for m in re.findall(r"<mark>(.*?)</mark>", str(html))]
+
+
+def test_snippets_mark_the_words_search_looks_for_not_stopwords():
+    text = "How do I turn on the WAL mode? Enable it with a pragma."
+    assert _marked(highlight(text, "How do I enable the WAL mode?")) == ["wal", "mode", "enable"]
+
+
+def test_a_query_of_stopwords_only_marks_them_as_search_finds_them():
+    assert _marked(highlight("What is it, and what is it for?", "what is it")) == \
+        ["what", "is", "it", "what", "is", "it"]
+
+
+def test_one_letter_terms_are_marked_as_whole_words_only():
+    html = highlight("select x from counter; xylophone and c code in C", "x in c")
+    assert _marked(html) == ["x", "c", "c"]
+    assert "xylophone" in str(html) and "<mark>code" not in str(html)
+
+
+def test_one_letter_terms_are_not_marked_at_the_end_of_a_contraction():
+    html = highlight("There's x and it’s y, but don't; values ('t', 's')", "python's x y t")
+    assert _marked(html) == ["x", "y", "t", "s"]
+
+
+def test_longer_terms_also_mark_the_words_they_begin():
+    assert _marked(highlight("Modes of WAL: mode, modes, remodel", "mode")) == \
+        ["modes", "mode", "modes"]
+
+
+def test_the_snippet_window_is_around_the_first_search_term_not_a_stopword():
+    text = "The " + "filler words here " * 40 + "then WAL appears near the end."
+    html = str(highlight(text, "the wal"))
+    assert _marked(html) == ["wal"] and html.startswith("…")
