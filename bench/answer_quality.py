@@ -149,7 +149,8 @@ def run_answers(model_name: str, split: str, overrides: dict, limit: int | None)
     """Every question of the split through ragserver's answer pipeline."""
     from ragserver.answer import Options, answer
     from ragserver.config import load_settings
-    from ragserver.llm import Gate, load_chat_model
+    from ragserver.gate import Gate
+    from ragserver.llm import load_chat_model
 
     settings, conn, embedder = open_corpus()
     settings = load_settings(db=str(settings.db_path), llm_model=model_name)

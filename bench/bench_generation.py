@@ -118,7 +118,7 @@ class PromptRecorder:
 def ragserver_prompt(question: str, settings, conn, embedder, tokenizer) -> tuple[list, list]:
     """(messages, passage ids) exactly as ragserver would send them to the model."""
     from ragserver.answer import Options, answer
-    from ragserver.llm import Gate
+    from ragserver.gate import Gate
 
     recorder = PromptRecorder(tokenizer)
     events = list(answer(question, [], conn=conn, embedder=embedder, model=recorder, gate=Gate(),

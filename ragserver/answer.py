@@ -19,8 +19,10 @@ from .storage import Hit, ModelMismatchError, Storage
 from .config import Settings
 from .embedder import Embedder
 from .grounding import check_answer, find_loop
-from .llm import ChatModel, Gate, LLMError, QueueFull
+from .gate import Gate, QueueFull
+from .llm import ChatModel, LLMError
 from .quick import quick_answer
+from .results import answer_source
 from .retrieve import retrieve
 
 NO_ANSWER = ("I couldn't find anything about that in this blog's posts, so I can't answer "
@@ -83,11 +85,6 @@ class Source:
     def link(self) -> str:
         """Post URL with the passage's heading anchor."""
         return f"{self.url}#{self.anchor}" if self.url and self.anchor else self.url
-
-    def as_dict(self) -> dict:
-        """JSON-ready form for the API."""
-        return {**asdict(self), "headings": list(self.headings), "link": self.link,
-                "score": round(self.score, 4)}
 
 
 @dataclass(frozen=True)
@@ -215,7 +212,7 @@ def answer(question: str, history, *, db, embedder: Embedder, model: ChatModel |
     candidates = [Source(i + 1, h.passage_id, h.source, h.title, h.url, h.anchor, h.text,
                          h.similarity or 0.0, h.heading_path)
                   for i, h in enumerate(relevant)]
-    yield Event("sources", [s.as_dict() for s in candidates])
+    yield Event("sources", [answer_source(s) for s in candidates])
     quick = _Quick(question, candidates, embedder, started, options.quick)
     timings = {"retrieval_ms": round(retrieval_ms, 1), "relevance": gate_info}
     if model is None:

@@ -200,6 +200,7 @@ def _configure_logging() -> None:
 @json_lines_option
 def search(query, db, number, mode, as_json):
     """Find the passages that best match QUERY, best first (the ranking of the search page)."""
+    from .results import ranked_passage
     from .retrieve import retrieve
 
     if not query.strip():
@@ -218,19 +219,13 @@ def search(query, db, number, mode, as_json):
     finally:
         storage.close()
     for rank, hit in enumerate(hits, 1):
-        link = hit.link
         if as_json:
-            similarity = None if hit.similarity is None else round(hit.similarity, 4)
-            click.echo(json.dumps({"rank": rank, "source": hit.source, "title": hit.title,
-                                   "url": hit.url, "anchor": hit.anchor, "link": link,
-                                   "headings": list(hit.heading_path), "text": hit.text,
-                                   "score": round(hit.score, 4), "similarity": similarity},
-                                  ensure_ascii=False))
+            click.echo(json.dumps({"rank": rank, **ranked_passage(hit)}, ensure_ascii=False))
         else:
             where = " > ".join([hit.title, *hit.heading_path])
             shown = hit.similarity if hit.similarity is not None else hit.score
             click.echo(f"{rank}. [{shown:.3f}] {where}")
-            click.echo(f"   {link or hit.source}")
+            click.echo(f"   {hit.link or hit.source}")
             click.echo(f"   {_one_line(hit.text, 300)}\n")
 
 
@@ -243,6 +238,7 @@ def search(query, db, number, mode, as_json):
 def related_command(source, db, number, as_json):
     """List the posts most similar to SOURCE (a post's source id, or its URL)."""
     from .related import NotFound, related_posts
+    from .results import related_post
 
     settings = _settings(db)
     storage = _open(settings, must_exist=True, readonly=True)
@@ -259,9 +255,7 @@ def related_command(source, db, number, as_json):
                    "at the end of each run.", err=True)
     for rank, item in enumerate(similar, 1):
         if as_json:
-            click.echo(json.dumps({"rank": rank, "source": item.source, "title": item.title,
-                                   "url": item.url, "date": item.date,
-                                   "score": round(item.score, 4)}, ensure_ascii=False))
+            click.echo(json.dumps({"rank": rank, **related_post(item)}, ensure_ascii=False))
         else:
             click.echo(f"{rank}. [{item.score:.3f}] {item.title}\n   {item.url or item.source}")
 
@@ -367,7 +361,8 @@ def ask(question, db, number, as_json):
     best answer it, quoted; then the model's answer as it is written, with what the sources
     do not support marked; then the numbered sources."""
     from .answer import Options, answer
-    from .llm import Gate, LLMError, load_chat_model
+    from .gate import Gate
+    from .llm import LLMError, load_chat_model
 
     if not question.strip():
         raise click.ClickException("the question is empty")

@@ -7,6 +7,8 @@ import re
 from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 
+from .terms import search_terms
+
 _SAFE_LINK = re.compile(r"^(https?://|/|#|\./|\.\./|[^:/?#]+(/|$|\?|#))", re.IGNORECASE)
 
 
@@ -92,20 +94,23 @@ def safe_url(url: str) -> str:
     return url if url and _validate_link(url) else ""
 
 
-def query_terms(query: str) -> list[str]:
-    """Words of a query worth highlighting (two letters or more), lower-cased, unique."""
-    return list(dict.fromkeys(w for w in re.findall(r"\w+", query.lower()) if len(w) > 1))
+def _term_pattern(terms: list[str]) -> re.Pattern | None:
+    """Words that begin with a search term, since keyword search stems ("mode" finds "modes");
+    a one-letter term only as a word of its own, or it would mark every word it begins, and
+    not as the end of "it's" or "don't", which a reader sees as one word."""
+    words = [re.escape(t) + r"\w*" if len(t) > 1 else r"(?<!\w['’])" + re.escape(t) + r"\b"
+             for t in terms]
+    return re.compile(r"\b(?:" + "|".join(words) + ")", re.IGNORECASE) if words else None
 
 
 def highlight(text: str, query: str, length: int = 240) -> Markup:
-    """A plain-text window of the passage around the first query term, terms in <mark>.
+    """A plain-text window of the passage around the first search term, terms in <mark>.
 
-    The text is escaped first; only <mark> tags are added, so post content stays inert.
+    The terms are those keyword search looks for (terms.search_terms). The text is escaped
+    first; only <mark> tags are added, so post content stays inert.
     """
     flat = snippet(text, 10_000)
-    terms = query_terms(query)
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, terms)) + r")\w*", re.IGNORECASE) \
-        if terms else None
+    pattern = _term_pattern(search_terms(query))
     first = pattern.search(flat) if pattern else None
     start = max(0, first.start() - length // 3) if first else 0
     window = flat[start:start + length]

@@ -8,7 +8,7 @@ import time
 from ragserver.answer import (NO_ANSWER, Options, Source, answer, build_messages, retrieval_query,
                               retrieve_for)
 from ragserver.grounding import cited_in
-from ragserver.llm import Gate
+from ragserver.gate import Gate
 from ragserver.retrieve import search_passages
 
 WAL_QUESTION = "How do I enable WAL mode for a SQLite database?"

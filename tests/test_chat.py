@@ -137,7 +137,7 @@ def test_model_output_and_post_text_are_rendered_inert(app):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text, not run
     assert 'href="https://til.example/a"' in html and 'href="/b"' in html
     # Source snippets are escaped by the template.
-    from ragserver.web.services import Turn
+    from ragserver.web.conversations import Turn
 
     with app.test_request_context():
         from flask import render_template

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import running_server
 from ragserver import create_app
-from ragserver.llm import Gate
+from ragserver.gate import Gate
 from ragserver.web.limits import RateLimit
 from test_chat import parse_sse
 

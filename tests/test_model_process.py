@@ -12,7 +12,8 @@ import time
 import pytest
 
 from ragserver.answer import Options, answer
-from ragserver.llm import Gate, LLMError, packaged_gguf
+from ragserver.gate import Gate
+from ragserver.llm import LLMError, packaged_gguf
 from ragserver.model_process import ModelDied, ProcessChatModel
 
 HELLO = [{"role": "user", "content": "Tell me about SQLite databases in a few sentences."}]

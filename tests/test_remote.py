@@ -12,7 +12,8 @@ import pytest
 
 from ragserver import create_app
 from ragserver.answer import Options, answer
-from ragserver.llm import Gate, LLMError, RemoteChatModel, VocabOnly, packaged_gguf
+from ragserver.gate import Gate
+from ragserver.llm import LLMError, RemoteChatModel, VocabOnly, packaged_gguf
 
 
 def _free_port() -> int:

@@ -68,7 +68,7 @@ def test_hybrid_beats_vector_only_finding_posts_by_title(titleless, embedder):
 
 
 def test_keyword_query_leaves_out_stopwords_unless_nothing_else_is_left():
-    from ragserver.store import fts_query
+    from ragserver.storage.sqlite import fts_query
 
     assert fts_query("How do I enable the WAL mode?") == '"enable" OR "wal" OR "mode"'
     assert fts_query("what is it") == '"what" OR "is" OR "it"'

@@ -8,7 +8,7 @@ import pytest
 
 from ragserver import create_app
 from ragserver.render import highlight
-from ragserver.web.services import READERS
+from ragserver.web.pool import READERS
 
 
 @pytest.fixture
@@ -100,4 +100,4 @@ def test_concurrent_searches_share_a_few_read_connections(seeded_db, embedder):
         thread.join()
     assert statuses == [200] * 40
     services = app.extensions["ragserver"]
-    assert 1 <= services._idle.qsize() <= READERS
+    assert 1 <= services.pool._idle.qsize() <= READERS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..terms import search_terms
 from .records import (ExamplePost, Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatabase,
                       Post, RelatedPost, Stats, StoredPassage, check_model)
 from .sqlite_connection import (COLLECTION, connect, database_errors, init_schema, transaction,
@@ -73,18 +73,9 @@ def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
-# Left out of keyword queries: they match most passages, and FTS5 scores every match
-# before LIMIT (at 200k passages 136 ms -> 35 ms; hit@1/hit@5 unchanged, bench_search).
-STOPWORDS = frozenset(
-    "a an and are as at be by can do does for from how i in into is it my of on or that the "
-    "this to use using what when why with you your".split())
-
-
 def fts_query(text: str) -> str:
-    """A safe FTS5 query from free text: every word but stopwords quoted, any may match."""
-    words = list(dict.fromkeys(re.findall(r"\w+", text.lower())))
-    kept = [w for w in words if w not in STOPWORDS] or words
-    return " OR ".join(f'"{w}"' for w in kept)
+    """A safe FTS5 query from free text: every search term quoted, any may match."""
+    return " OR ".join(f'"{w}"' for w in search_terms(text))
 
 
 _POST_COLUMNS = "id, source, origin, title, url, date, tags, content_hash"

@@ -7,8 +7,7 @@ import re
 import secrets
 import time
 
-from flask import (Blueprint, Response, abort, jsonify, redirect, render_template, request,
-                   stream_with_context, url_for)
+from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
@@ -17,44 +16,17 @@ from ..storage import database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
 from ..render import checked_answer
+from .conversations import Turn
 from .limits import check_rate, take_place
-from .services import Turn, services
+from .services import services
+from .sse import event_stream, sse
+from .validation import MAX_QUESTION_CHARS, BadQuestion, check_question
 
 bp = Blueprint("chat", __name__)
 
-MAX_QUESTION_CHARS = 2000
 ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up its place
 EXAMPLES = 4  # example questions on an empty conversation
 TIMINGS = ("retrieval_ms", "ttft_ms", "tokens", "tokens_per_s")  # shown under an answer
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, CR and LF are fine
-
-
-class BadQuestion(ValueError):
-    """The question is empty, too long or not text."""
-
-
-def check_question(value, noun: str = "question") -> str:
-    """A usable question (or search), or BadQuestion with a message for the user."""
-    if not isinstance(value, str) or not value.strip():
-        raise BadQuestion(f"Please type a {noun}.")
-    if len(value) > MAX_QUESTION_CHARS:
-        raise BadQuestion(f"A {noun} is limited to {MAX_QUESTION_CHARS:,} characters "
-                          f"(this one has {len(value):,}).")
-    if _CONTROL.search(value):
-        raise BadQuestion(f"The {noun} contains control characters.")
-    return value.strip()
-
-
-def sse(event: str, data: str) -> str:
-    """One server-sent event; multi-line data becomes several data: lines."""
-    lines = data.split("\n")
-    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
-
-
-def event_stream(events) -> Response:
-    """A text/event-stream response that proxies must not buffer or cache."""
-    return Response(stream_with_context(events), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _events(question: str, history: list[dict], stop=None):
@@ -68,7 +40,7 @@ def _events(question: str, history: list[dict], stop=None):
     try:
         embedder = svc.embedder()
         model = svc.llm()
-        yield from answer(question, history, db=svc.reading, embedder=embedder, model=model,
+        yield from answer(question, history, conn=svc.reading, embedder=embedder, model=model,
                           gate=svc.gate, options=Options.from_settings(settings),
                           should_stop=stop.is_set if stop else (lambda: False))
     except (HTTPException, *database_errors(), EmbedderError, LLMError) as error:

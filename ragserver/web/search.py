@@ -7,11 +7,11 @@ import time
 from flask import Blueprint, jsonify, render_template, request
 
 from ..related import TOP, NotFound, related_posts
-from ..render import highlight
-from ..retrieve import MODES, search_posts
-from .chat import BadQuestion, check_question
+from ..results import more_passage, related_post, search_hit
+from ..retrieve import search_posts
 from .limits import check_rate
 from .services import services
+from .validation import BadParameter, BadQuestion, check_question, read_mode, read_whole_number
 
 bp = Blueprint("search", __name__)
 
@@ -38,27 +38,6 @@ def cors(response):
     return response
 
 
-class BadParameter(ValueError):
-    """A query-string parameter out of range; the message says what is allowed."""
-
-
-def _whole_number(name: str, default: int, low: int, high: int) -> int:
-    try:
-        value = int(request.args.get(name, default))
-    except ValueError:
-        raise BadParameter(f"{name} must be a whole number") from None
-    if not low <= value <= high:
-        raise BadParameter(f"{name} must be between {low} and {high}")
-    return value
-
-
-def _mode() -> str:
-    mode = request.args.get("mode", "hybrid")
-    if mode not in MODES:
-        raise BadParameter(f"mode must be one of {', '.join(MODES)}")
-    return mode
-
-
 def _no_posts() -> bool:
     return not services().settings.db_path.exists()
 
@@ -71,12 +50,6 @@ def _search(query: str, n: int, mode: str, offset: int = 0, per_post: int = 1):
                             per_post=per_post)
 
 
-def _result(hit, query: str) -> dict:
-    return {"source": hit.source, "title": hit.title, "url": hit.url, "anchor": hit.anchor,
-            "date": hit.date, "snippet": str(highlight(hit.text, query)),
-            "score": round(hit.score, 4)}
-
-
 # -- JSON -------------------------------------------------------------------
 
 @bp.route("/api/search", methods=["GET", "OPTIONS"])
@@ -87,9 +60,9 @@ def api_search():
     started = time.perf_counter()
     try:
         query = check_question(request.args.get("q"), noun="search")
-        mode = _mode()
-        n = _whole_number("n", 10, 1, MAX_RESULTS)
-        more = _whole_number("more", 0, 0, MAX_MORE)
+        mode = read_mode()
+        n = read_whole_number("n", 10, 1, MAX_RESULTS)
+        more = read_whole_number("more", 0, 0, MAX_MORE)
     except (BadQuestion, BadParameter) as error:
         return jsonify(error=str(error)), 400
     check_rate(services().search_limit, "searches")
@@ -97,11 +70,9 @@ def api_search():
         return jsonify(error="no posts have been ingested yet"), 503
     results = []
     for best, *others in _search(query, n, mode, per_post=1 + more):
-        result = _result(best, query)
+        result = search_hit(best, query)
         if more:
-            result["more"] = [{"anchor": h.anchor, "headings": list(h.heading_path),
-                               "snippet": str(highlight(h.text, query)),
-                               "score": round(h.score, 4)} for h in others]
+            result["more"] = [more_passage(h, query) for h in others]
         results.append(result)
     return jsonify(query=query, mode=mode, results=results,
                    took_ms=round((time.perf_counter() - started) * 1000, 1))
@@ -116,18 +87,18 @@ def api_related():
     if error:
         return jsonify(error=error), status
     return jsonify(source=post.source, title=post.title, url=post.url,
-                   related=[{"source": r.source, "title": r.title, "url": r.url,
-                             "date": r.date, "score": round(r.score, 4)} for r in similar])
+                   related=similar)
 
 
 def _related():
-    """(post, its related posts, None, 200), or (None, [], what is wrong, 400 or 404)."""
+    """(post, its related posts as related_post dicts, None, 200), or (None, [], what is
+    wrong, 400 or 404)."""
     source = (request.args.get("source") or "").strip()
     url = (request.args.get("url") or "").strip()
     try:
         if not source and not url:
             raise BadParameter("give the post as ?source= (its source id) or ?url=")
-        n = _whole_number("n", 5, 1, TOP)
+        n = read_whole_number("n", 5, 1, TOP)
         check_rate(services().search_limit, "requests")
         if _no_posts():
             raise NotFound("no posts have been ingested yet")
@@ -135,17 +106,17 @@ def _related():
             post, similar = related_posts(conn, source=source or None, url=url or None, n=n)
     except (BadParameter, NotFound) as error:
         return None, [], str(error), 404 if isinstance(error, NotFound) else 400
-    return post, similar, None, 200
+    return post, [related_post(r) for r in similar], None, 200
 
 
-def _other_places(group):
-    """(best passage, other passages of the post that sit under a different anchor)."""
+def _other_places(group, query: str):
+    """(the post as a search hit, other passages of it that sit under a different anchor)."""
     best, seen, others = group[0], {group[0].anchor}, []
     for hit in group[1:]:
         if hit.anchor not in seen:
             seen.add(hit.anchor)
             others.append(hit)
-    return best, others
+    return search_hit(best, query), others
 
 
 # -- HTML -------------------------------------------------------------------
@@ -170,8 +141,8 @@ def search_page():
     if query.strip():
         try:
             query = check_question(query, noun="search")
-            mode = _mode()
-            page = _whole_number("page", 1, 1, MAX_PAGE)
+            mode = read_mode()
+            page = read_whole_number("page", 1, 1, MAX_PAGE)
         except (BadQuestion, BadParameter) as error:
             context["error"], status = str(error), 400
         else:
@@ -182,7 +153,7 @@ def search_page():
                 groups = _search(query, PAGE_SIZE + 1, mode, offset=(page - 1) * PAGE_SIZE,
                                  per_post=3)
                 context.update(query=query, page=page, mode=mode,
-                               groups=[_other_places(g) for g in groups[:PAGE_SIZE]],
+                               groups=[_other_places(g, query) for g in groups[:PAGE_SIZE]],
                                has_next=len(groups) > PAGE_SIZE and page < MAX_PAGE)
     template = "search/_results.html" if request.htmx else "search/index.html"
-    return render_template(template, highlight=highlight, **context), status
+    return render_template(template, **context), status
