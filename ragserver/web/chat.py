@@ -30,7 +30,7 @@ TIMINGS = ("retrieval_ms", "ttft_ms", "tokens", "tokens_per_s")  # shown under a
 
 
 def _events(question: str, history: list[dict], stop=None):
-    """answer() with the app's models, connection and settings."""
+    """answer() with the app's models, readers and settings."""
     svc = services()
     settings = svc.settings
     if not settings.db_path.exists():
@@ -40,7 +40,7 @@ def _events(question: str, history: list[dict], stop=None):
     try:
         embedder = svc.embedder()
         model = svc.llm()
-        yield from answer(question, history, conn=svc.reading, embedder=embedder, model=model,
+        yield from answer(question, history, db=svc.reading, embedder=embedder, model=model,
                           gate=svc.gate, options=Options.from_settings(settings),
                           should_stop=stop.is_set if stop else (lambda: False))
     except (HTTPException, *database_errors(), EmbedderError, LLMError) as error:
