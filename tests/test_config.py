@@ -39,3 +39,23 @@ def test_unknown_vector_index_is_refused():
     with pytest.raises(ValueError, match="RAGSERVER_VECTOR_INDEX must be one of vss, vec, not 'faiss'"):
         load_settings({"RAGSERVER_VECTOR_INDEX": "faiss"})
     assert load_settings({"RAGSERVER_VECTOR_INDEX": "vec"}).vector_index == "vec"
+
+
+def test_embedding_backend_comes_from_its_table(monkeypatch):
+    """A new embedding backend is a class implementing Embedder plus its row in BACKENDS."""
+    from ragserver import embedder as embedding
+    from ragserver.embedder import EmbedderError, load_embedder
+
+    made = []
+
+    class Recorded:
+        def __init__(self, name, query_prefix, passage_prefix, batch_size=32):
+            made.append((name, query_prefix, passage_prefix, batch_size))
+
+    monkeypatch.setitem(embedding.BACKENDS, "recorded", Recorded)
+    settings = load_settings({"RAGSERVER_EMBEDDING_BACKEND": "recorded",
+                              "RAGSERVER_EMBEDDING_MODEL": "intfloat/e5-small-v2"})
+    assert isinstance(load_embedder(settings), Recorded)
+    assert made == [("intfloat/e5-small-v2", "query: ", "passage: ", 32)]
+    with pytest.raises(EmbedderError, match="must be one of sentence-transformers, recorded"):
+        load_embedder(load_settings({"RAGSERVER_EMBEDDING_BACKEND": "fasttext"}))

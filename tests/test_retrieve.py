@@ -73,3 +73,37 @@ def test_keyword_query_leaves_out_stopwords_unless_nothing_else_is_left():
     assert fts_query("How do I enable the WAL mode?") == '"enable" OR "wal" OR "mode"'
     assert fts_query("what is it") == '"what" OR "is" OR "it"'
     assert fts_query('say "hi" OR NOT x*') == '"say" OR "hi" OR "not" OR "x"'
+
+
+def test_a_step_in_STEPS_runs_on_every_search(seeded_conn, embedder, monkeypatch):
+    """A retrieval step is a function (db, query, hits) -> hits plus its place in STEPS."""
+    from ragserver import retrieve as retrieval
+    from ragserver.retrieve import search_posts
+
+    def without_sqlite_posts(db, query, hits):
+        return [h for h in hits if not h.source.startswith("sqlite/")]
+
+    before = [g[0].source for g in search_posts(seeded_conn, embedder, "enable WAL mode", 5)]
+    assert before[0].startswith("sqlite/")
+    monkeypatch.setattr(retrieval, "STEPS", retrieval.STEPS + (without_sqlite_posts,))
+    for mode in ("hybrid", "vector", "keyword"):
+        after = [g[0].source for g in search_posts(seeded_conn, embedder, "enable WAL mode", 5,
+                                                     mode=mode)]
+        assert after and not any(s.startswith("sqlite/") for s in after), mode
+
+
+def test_a_ranking_in_RANKINGS_and_MODES_is_a_new_mode(seeded_conn, embedder, monkeypatch):
+    """A new ranking is a function (db, query, k) -> hits plus its row in RANKINGS and MODES."""
+    from ragserver import retrieve as retrieval
+
+    def by_title(db, query, k):
+        return [h for h in db.search_keyword(query.text, k * 4) if query.text.lower()
+                in h.title.lower()][:k]
+
+    monkeypatch.setitem(retrieval.RANKINGS, "title", by_title)
+    monkeypatch.setitem(retrieval.MODES, "title", ("title",))
+    monkeypatch.setitem(retrieval.MODES, "meaning+title", ("vector", "title"))
+    titled = retrieve(seeded_conn, embedder, "WAL", 5, mode="title")
+    assert titled and all("wal" in h.title.lower() for h in titled)
+    fused = retrieve(seeded_conn, embedder, "WAL", 5, mode="meaning+title")
+    assert fused and all(h.similarity is not None for h in fused)

@@ -23,7 +23,9 @@ __all__ = ["BACKENDS", "BackendUnavailable", "CannotWrite", "ExamplePost", "Hit"
            "NotADatabase", "Post", "RelatedPost", "Stats", "Storage", "StoredPassage",
            "database_errors", "open_storage", "writer_lock"]
 
-# URL scheme -> "module:class". A target without a scheme is a SQLite file path.
+# URL scheme -> "module:class". A target without a scheme is a SQLite file path. The class
+# is called with the whole target (path or URL) and readonly=, create=; its static
+# writer_lock(target) guards writers.
 BACKENDS = {
     "sqlite": "ragserver.storage.sqlite:SQLiteStorage",
 }
@@ -113,17 +115,10 @@ def _backend_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def _target(target: str | Path) -> tuple[str, str]:
-    text = str(target)
-    name = backend_of(text)
-    return name, text.removeprefix("sqlite://") if name == "sqlite" else text
-
-
 def writer_lock(target: str | Path) -> AbstractContextManager:
     """The lock an ingest or reindex holds while it writes; raises IngestLocked at once when
     another writer holds it, CannotWrite when the lock cannot be taken at all."""
-    name, location = _target(target)
-    return _backend_class(name).writer_lock(location)
+    return _backend_class(backend_of(target)).writer_lock(str(target))
 
 
 def open_storage(target: str | Path, *, readonly: bool = False, create: bool = False) -> Storage:
@@ -132,8 +127,7 @@ def open_storage(target: str | Path, *, readonly: bool = False, create: bool = F
     Raises NotADatabase for a target that holds something else, and the backend's
     own errors (see `database_errors`) when it cannot be opened at all.
     """
-    name, location = _target(target)
-    return _backend_class(name)(location, readonly=readonly, create=create)
+    return _backend_class(backend_of(target))(str(target), readonly=readonly, create=create)
 
 
 def database_errors() -> tuple[type[BaseException], ...]:

@@ -81,6 +81,11 @@ def fts_query(text: str) -> str:
 _POST_COLUMNS = "id, source, origin, title, url, date, tags, content_hash"
 
 
+def _file(target: str | Path) -> Path:
+    """The database file of a path or a sqlite:// URL."""
+    return Path(str(target).removeprefix("sqlite://"))
+
+
 def _post(row) -> Post:
     return Post(id=row[0], source=row[1], origin=row[2], title=row[3], url=row[4],
                 date=row[5], tags=tuple(json.loads(row[6])), content_hash=row[7])
@@ -105,7 +110,7 @@ class SQLiteStorage:
     errors = database_errors()
 
     def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = False):
-        self.path = Path(path)
+        self.path = _file(path)
         self.readonly = readonly
         self.reopened = 0
         self.conn = connect(self.path, readonly=readonly)
@@ -128,7 +133,7 @@ class SQLiteStorage:
     @staticmethod
     def writer_lock(path: str | Path):
         """The lock every writer of this database holds (a lock file beside it)."""
-        return writer_lock(Path(path))
+        return writer_lock(_file(path))
 
     @property
     def location(self) -> str:
