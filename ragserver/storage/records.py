@@ -36,18 +36,6 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class Post:
-    id: int
-    source: str
-    origin: str
-    title: str
-    url: str
-    date: str | None
-    tags: tuple[str, ...]
-    content_hash: str
-
-
-@dataclass(frozen=True)
 class NewPost:
     """A post ready to write, as the ingest read it."""
 
@@ -58,6 +46,13 @@ class NewPost:
     date: str | None
     tags: tuple[str, ...]
     content_hash: str
+
+
+@dataclass(frozen=True)
+class Post(NewPost):
+    """A stored post: what was written, and its id."""
+
+    id: int
 
 
 @dataclass(frozen=True)
