@@ -16,12 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from ragserver import create_app
 from ragserver.db import connect, init_schema
 from ragserver.embedder import SentenceTransformerEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("RAGSERVER_TEST_CORPUS", ROOT.parent / "shared" / "corpus" / "til"))
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "app(config=None, *, llm=False, database='seeded_db'): what the `app` "
+        "fixture builds: settings over the database the named fixture gives, and the chat "
+        "model when llm is true")
 
 
 def pytest_sessionstart(session):
@@ -104,6 +112,32 @@ def seeded_conn(seeded_db):
     conn = connect(seeded_db)
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def app(request, embedder):
+    """create_app() over the seeded database with the real embedder and no chat model.
+
+    A module or test that needs other settings says so with a marker, e.g.
+    `pytestmark = pytest.mark.app({"max_answer_tokens": 40}, llm=True, database="hostile_db")`;
+    the fixtures it names (the chat model, another database) are loaded only then.
+    """
+    marker = request.node.get_closest_marker("app")
+    args, kwargs = (marker.args, marker.kwargs) if marker else ((), {})
+    return _build_app(request, embedder, *args, **kwargs)
+
+
+def _build_app(request, embedder, config: dict | None = None, *, llm: bool = False,
+               database: str = "seeded_db"):
+    db = request.getfixturevalue(database)
+    chat_model = request.getfixturevalue("chat_model") if llm else None
+    return create_app({"db": str(db), **(config or {})}, embedder=embedder, llm=chat_model)
+
+
+@pytest.fixture
+def client(app):
+    """A Flask test client of `app`."""
+    return app.test_client()
 
 
 def procfile_command(port: int) -> list[str]:
