@@ -42,9 +42,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_search import (CASES, LATENCY_HEADERS, WORK, Server, grown_db, latency_row,
-                          pick_queries)
-from common import COMPARE_HEADERS, CORPUS, MODEL, Figure, Section, compare, neighbour, table
+from bench_search import Server
+from common import (COMPARE_HEADERS, CORPUS, LATENCY_HEADERS, MODEL, Figure, Section, compare,
+                    latency_row, neighbour, table)
+from corpus import CASES, WORK, grown_db, pick_queries
 
 TOPICS = ["sqlite", "python"]
 QUESTION = "How do I enable WAL mode for a SQLite database?"

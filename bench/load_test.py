@@ -48,8 +48,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from bench_search import CASES, WORK, Server, corpus_db  # noqa: E402
+from bench_search import Server  # noqa: E402
 from common import ROOT, Section, machine, percentile, procfile_command, table  # noqa: E402
+from corpus import CASES, WORK, corpus_db  # noqa: E402
 
 RESULTS = HERE / "load_results.json"
 DOC = ROOT / "docs" / "reliability.md"
