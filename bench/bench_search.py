@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from common import (COMPARE_HEADERS, LATENCY_HEADERS, MODEL, ROOT, Figure, Section, compare,
-                    format_ms, latency_row, percentile, procfile_command, table, timed)
+from common import (COMPARE_HEADERS, LATENCY_HEADERS, MODEL, Figure, Section, compare,
+                    format_ms, latency_row, percentile, table, timed)
 from corpus import CASES, NOISE, WORK, grown_db, pick_queries
+from tests.server import Server
 
 K = 100  # passages search_posts asks for (retrieve.CANDIDATES * 2)
 MODES = ("vector", "keyword", "hybrid")
@@ -167,64 +163,6 @@ def llm_cli(path: Path, query: str) -> float:
 
 
 # -- through gunicorn ---------------------------------------------------------------
-
-class Server:
-    """gunicorn started from the Procfile on a free port, serving `db`; stopped on exit.
-    Without rate limits: a benchmark is one client (127.0.0.1) asking many times, and the
-    search benchmark's 120 searches a minute ran into RAGSERVER_SEARCH_RATE."""
-
-    def __init__(self, db: Path, **env: str):
-        self.db = db
-        self.env = {"RAGSERVER_ASK_RATE": "0", "RAGSERVER_SEARCH_RATE": "0", **env}
-
-    def __enter__(self) -> "Server":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = WORK / f"gunicorn-{port}.log"
-        env = {**os.environ, "RAGSERVER_DB": str(self.db), **self.env}
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(procfile_command(port), cwd=ROOT, env=env,
-                                            stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__(RuntimeError)
-                raise RuntimeError(f"gunicorn did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            urllib.request.urlopen(self.url + "/healthz", timeout=5).close()
-        except urllib.error.HTTPError:
-            pass  # 503 (say, no answer model) still means it is serving
-        except OSError:
-            return False
-        return True
-
-    def search(self, query: str, mode: str = "hybrid") -> tuple[float, dict]:
-        """(seconds seen by the client, JSON) of one GET /api/search."""
-        url = f"{self.url}/api/search?" + urllib.parse.urlencode({"q": query, "mode": mode})
-        return timed(lambda: json.load(urllib.request.urlopen(url, timeout=300)))
-
-    def worker(self):
-        """The gunicorn worker process (the master's child), as a psutil.Process."""
-        import psutil
-
-        return psutil.Process(self.process.pid).children()[0]
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if not exc or exc[0] is None:
-            self.log.unlink()  # kept only when something went wrong
-
 
 def through_server(path: Path, queries: list[str]) -> dict[str, list[float]]:
     """Client-timed seconds per GET /api/search, the modes in turn for each query.

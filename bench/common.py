@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -27,15 +26,6 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("RAGSERVER_TEST_CORPUS", ROOT.parent / "shared" / "corpus" / "til"))
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def procfile_command(port: int) -> list[str]:
-    """The Procfile's web: command, bound to 127.0.0.1:port, with this venv's gunicorn."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    args = shlex.split(line.removeprefix("web:"))
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
-    args[0] = str(Path(sys.executable).parent / args[0])
-    return args
 
 
 @contextmanager

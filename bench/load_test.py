@@ -2,7 +2,7 @@
 
     python bench/load_test.py [--quick]        # or: ./run bench load [--quick]
 
-gunicorn is started from the Procfile (bench_search.Server) on the shared corpus (282
+gunicorn is started from the Procfile (tests/server.py) on the shared corpus (282
 posts, ingested once into /tmp/ragserver-bench/). Every phase has a time limit and every
 request a timeout, so the run always ends. Phases:
 
@@ -36,7 +36,6 @@ import re
 import shlex
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -48,9 +47,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from bench_search import Server  # noqa: E402
-from common import ROOT, Section, machine, percentile, procfile_command, table  # noqa: E402
+from common import ROOT, Section, machine, percentile, table  # noqa: E402
 from corpus import CASES, WORK, corpus_db  # noqa: E402
+from tests.server import Server, procfile_command  # noqa: E402
 
 RESULTS = HERE / "load_results.json"
 DOC = ROOT / "docs" / "reliability.md"
@@ -407,39 +406,10 @@ def answer_table(answers: list[dict]) -> str:
 
 # -- the server ---------------------------------------------------------------------
 
-class Gunicorn(Server):
-    """bench_search's Server, which also keeps its log and times its shutdown."""
-
-    def __enter__(self) -> "Gunicorn":
-        super().__enter__()
-        self.port = int(self.url.rsplit(":", 1)[1])
-        return self
-
-    def __exit__(self, *exc) -> None:
-        stopping = time.perf_counter()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            pass  # Server.__exit__ kills it
-        self.stop_seconds = time.perf_counter() - stopping
-        self.log_text = self.log.read_text(errors="replace")
-        (WORK / f"load-{self.name}.log").write_text(self.log_text)
-        super().__exit__(*exc)
-
-    def health(self) -> dict:
-        """GET /healthz as JSON (also on 503, which still describes the server)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request("GET", "/healthz")
-            return json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
-
-    def notable_log_lines(self) -> list[str]:
-        """Log lines other than gunicorn's INFO lines: warnings, errors, tracebacks."""
-        return [line for line in self.log_text.splitlines()
-                if line.strip() and "] [INFO] " not in line]
+def notable_log_lines(server: Server) -> list[str]:
+    """Log lines other than gunicorn's INFO lines: warnings, errors, tracebacks."""
+    return [line for line in server.log.read_text(errors="replace").splitlines()
+            if line.strip() and "] [INFO] " not in line]
 
 
 def server_settings(env: dict[str, str]) -> dict:
@@ -451,11 +421,9 @@ def server_settings(env: dict[str, str]) -> dict:
     return {variables[n]: getattr(settings, n) for n in REPORTED_SETTINGS if n in variables}
 
 
-def start(name: str, env: dict[str, str]) -> Gunicorn:
-    """A Gunicorn on the corpus database, named for its kept log."""
-    server = Gunicorn(corpus_db(), **env)
-    server.name = name
-    return server
+def start(name: str, env: dict[str, str]) -> Server:
+    """A Server on the corpus database, its log kept as WORK/load-NAME.log."""
+    return Server(corpus_db(), env, log=WORK / f"load-{name}.log")
 
 
 class Worker:
@@ -495,7 +463,7 @@ class Worker:
                 "client_cpu_s": round(self.client_cpu, 1), "wall_s": round(self.wall, 1)}
 
 
-def wait_until_free(server: Gunicorn, since: float) -> dict:
+def wait_until_free(server: Server, since: float) -> dict:
     """Poll /healthz until the model is not busy: seconds from `since`, and what it said."""
     polls = 0
     while True:
@@ -514,7 +482,7 @@ def wait_until_free(server: Gunicorn, since: float) -> dict:
 
 # -- phases -------------------------------------------------------------------------
 
-def warm_up(server: Gunicorn) -> dict:
+def warm_up(server: Server) -> dict:
     """Load both models (first search, first answer) so that no phase times the loading."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
     started = time.perf_counter()
@@ -527,7 +495,7 @@ def warm_up(server: Gunicorn) -> dict:
             "first_answer": summary(answered)}
 
 
-def search_phase(server: Gunicorn, feed: Feed, plan: Plan) -> dict:
+def search_phase(server: Server, feed: Feed, plan: Plan) -> dict:
     """plan.searchers clients for plan.search_seconds: errors, throughput, latency, memory."""
     with Worker(server) as worker, Searchers(server.port, feed, plan.searchers) as searchers:
         time.sleep(plan.search_seconds)
@@ -543,14 +511,14 @@ def search_phase(server: Gunicorn, feed: Feed, plan: Plan) -> dict:
     return found
 
 
-def chat_phase(server: Gunicorn, plan: Plan) -> dict:
+def chat_phase(server: Server, plan: Plan) -> dict:
     """plan.askers questions at once, each stream read to its end."""
     answers = ask_at_once(server.port, QUESTIONS[:plan.askers])
     return {"answers": [summary(a) for a in answers], "outcomes": outcomes(answers),
             "health_after": wait_until_free(server, time.perf_counter())}
 
 
-def combined_phase(server: Gunicorn, feed: Feed, plan: Plan) -> dict:
+def combined_phase(server: Server, feed: Feed, plan: Plan) -> dict:
     """The searchers again; after plan.combined_lead s the askers too, until they are done."""
     with Worker(server) as worker, Searchers(server.port, feed, plan.searchers) as searchers:
         time.sleep(plan.combined_lead)
@@ -576,7 +544,7 @@ def combined_phase(server: Gunicorn, feed: Feed, plan: Plan) -> dict:
     }
 
 
-def disconnect_phase(server: Gunicorn) -> dict:
+def disconnect_phase(server: Server) -> dict:
     """One hang-up on its own, then 3 hang-ups with 1 more question waiting its turn."""
     baseline = ask(server.port, HANG_UP)
     gone = ask(server.port, HANG_UP, hang_up=True)
@@ -644,14 +612,14 @@ def run(quick: bool) -> Section:
         data["chat"] = chat_phase(server, plan)
         print("== combined", file=sys.stderr, flush=True)
         data["combined"] = combined_phase(server, feed, plan)
-    data["short_answers"].update(log=server.notable_log_lines(),
+    data["short_answers"].update(log=notable_log_lines(server),
                                  stop_s=round(server.stop_seconds, 1))
     print("== disconnect", file=sys.stderr, flush=True)
     with start("long-answers", LONG_ANSWERS) as server:
         data["long_answers"] = {"env": LONG_ANSWERS, "settings": server_settings(LONG_ANSWERS),
                                 "warm_up": warm_up(server)}
         data["disconnect"] = disconnect_phase(server)
-    data["long_answers"].update(log=server.notable_log_lines(),
+    data["long_answers"].update(log=notable_log_lines(server),
                                 stop_s=round(server.stop_seconds, 1))
     data["load_average"] = [load_before, os.getloadavg()[0]]
     data["seconds"] = round(time.perf_counter() - started)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import pytest
 from ragserver import create_app
 from ragserver.db import connect, init_schema
 from ragserver.embedder import SentenceTransformerEmbedder
+from server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("RAGSERVER_TEST_CORPUS", ROOT.parent / "shared" / "corpus" / "til"))
@@ -140,50 +137,17 @@ def client(app):
     return app.test_client()
 
 
-def procfile_command(port: int) -> list[str]:
-    """The Procfile's web: command, bound to 127.0.0.1:port, with the venv's gunicorn."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    args = shlex.split(line.removeprefix("web:"))
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
-    args[0] = str(Path(sys.executable).parent / args[0])
-    return args
-
-
 @contextmanager
 def running_server(db: Path, log: Path, env: dict | None = None):
-    """gunicorn from the Procfile serving `db` on a free port; yields its base URL once a
-    search has answered (the first loads the embedding model); stopped on exit.
+    """gunicorn from the Procfile serving `db` on a free port (server.Server); yields its base
+    URL once a search has answered (the first loads the embedding model); stopped on exit.
 
     Rate limits are off unless `env` sets them: every test client is 127.0.0.1.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    full_env = {**os.environ, "RAGSERVER_DB": str(db), "RAGSERVER_SEARCH_RATE": "0",
-                "RAGSERVER_ASK_RATE": "0", **(env or {})}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(procfile_command(port), cwd=ROOT, env=full_env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"gunicorn exited:\n{log.read_text()}"
-            try:
-                urllib.request.urlopen(f"{url}/api/search?q=warm+up", timeout=60).close()
-                break
-            except urllib.error.HTTPError as error:
-                if error.code == 503:  # no posts yet: serving all the same
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no search answered in 60 s:\n{log.read_text()}"
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
+    with Server(db, env, log) as server:
         try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            server.search("warm up")
+        except urllib.error.HTTPError as error:
+            if error.code != 503:  # 503: no posts yet, serving all the same
+                raise
+        yield server.url
