@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_search import Server
 from common import COMPARE_HEADERS, CORPUS, Figure, Section, compare, table
 from ragserver.llm import SAMPLING
+from tests.server import Server
 
 QUESTION = "How do I enable WAL mode for a SQLite database?"
 OTHER = "How do I compile SQLite on Ubuntu?"  # asked in between, so no prompt is cached
@@ -206,7 +206,7 @@ def answer_all(quick: bool, tmp: Path) -> dict:
 
     runs = {"raw": [], "server": [], "cli": [], "raw_script": [], "raw_cached": [],
             "server_cached": []}
-    with Server(settings.db_path, RAGSERVER_MAX_ANSWER_TOKENS=str(max_tokens)) as server:
+    with Server(settings.db_path, {"RAGSERVER_MAX_ANSWER_TOKENS": str(max_tokens)}) as server:
         server.search("warm up")  # loads the embedding model
         url = server.url
         warm = timed_events(raw_events, llama, messages, max_tokens)  # loads the model

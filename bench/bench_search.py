@@ -1,12 +1,8 @@
 """Search latency on 20k and 200k passages: ragserver beside a numpy scan and `llm similar`.
 
-Data. The shared corpus (282 posts, about 2,900 passages) is ingested once with the real
-pipeline; that database is then grown to N passages with copies of its posts (source
-`copy7/sqlite/x.md`, same title and text) written through ragserver.store in transactions
-of 1,000 passages, as ingest writes them. A copy's vector is the original's plus Gaussian
-noise (sigma 0.01 per dimension, then renormalised: cosine about 0.98 to the original), so
-copies do not tie exactly. Built databases are kept in /tmp/ragserver-bench/ and reused
-when their counts are right.
+Data. The shared corpus, ingested once by the real pipeline, then grown to N passages
+with copies of its posts whose vectors carry a little Gaussian noise (bench/corpus.py
+says how); built databases are kept in /tmp/ragserver-bench/ and reused.
 
 Queries. Post titles spread over the corpus. In-process, ragserver is called with the
 uncached embedder, so every query is embedded. The server caches query vectors by text,
@@ -26,139 +22,22 @@ ragserver's in-process search (the vector one for the baselines).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from common import (COMPARE_HEADERS, CORPUS, MODEL, ROOT, Figure, Section, compare, percentile,
-                    procfile_command, table, timed)
+from common import (COMPARE_HEADERS, LATENCY_HEADERS, MODEL, Figure, Section, compare,
+                    format_ms, latency_row, percentile, table, timed)
+from corpus import CASES, NOISE, WORK, grown_db, pick_queries
+from tests.server import Server
 
-WORK = Path("/tmp/ragserver-bench")
-COMMIT_ROWS = 1000  # passages per transaction while growing a database
-NOISE = 0.01  # per-dimension sigma added to a copy's vector
 K = 100  # passages search_posts asks for (retrieve.CANDIDATES * 2)
 MODES = ("vector", "keyword", "hybrid")
 CANDIDATES = 50  # passages each half of a hybrid search takes (retrieve.CANDIDATES)
-LATENCY_HEADERS = ["measured", "p50 / p95 ms", "baseline", "p50 / p95 ms", "ratio (p50)"]
-
-
-# -- data ---------------------------------------------------------------------
-
-def corpus_db() -> Path:
-    """The shared corpus ingested by the real pipeline, built once."""
-    from ragserver import store
-    from ragserver.db import connect, init_schema
-
-    path = WORK / "search-corpus.db"
-    if path.exists():
-        return path
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
-    from ragserver.embedder import SentenceTransformerEmbedder
-
-    partial = WORK / "search-corpus.db.partial"
-    _remove(partial)
-    conn = connect(partial)  # before the model: torch must be imported before sqlite-vss
-    init_schema(conn)
-    embedder = SentenceTransformerEmbedder(MODEL, "", "")
-    Ingester(conn, embedder).run([open_source(str(CORPUS), base_url="https://til.example/")])
-    assert store.count_vectors(conn) == store.count_index_rows(conn)
-    conn.close()
-    partial.rename(path)
-    return path
-
-
-def grown_db(size: int) -> Path:
-    """A copy of the corpus database grown to `size` passages (built once, then reused)."""
-    from ragserver import store
-    from ragserver.db import connect, transaction
-
-    path = WORK / f"search-{size}.db"
-    if path.exists() and _counts_ok(path, size):
-        return path
-    partial = WORK / f"search-{size}.db.partial"
-    _remove(partial)
-    shutil.copyfile(corpus_db(), partial)
-    conn = connect(partial)
-    posts = store.list_posts(conn)
-    passages = {p.id: store.passages_for_post(conn, p.id) for p in posts}
-    vectors = {pid: m for pid, _, m in store.passage_vectors_of_posts(conn, list(passages))}
-    cid = store.collection_id(conn)
-    rng = np.random.default_rng(0)
-    needed = size - store.count_vectors(conn)
-    copies = itertools.islice(_copies(posts, passages, vectors), needed)
-    post_ids: dict[str, int] = {}
-    while batch := list(itertools.islice(copies, COMMIT_ROWS)):
-        with transaction(conn):
-            for source, post, passage, vector in batch:
-                noisy = vector + rng.normal(0, NOISE, vector.shape).astype(np.float32)
-                if source not in post_ids:
-                    post_ids[source] = store.save_post(
-                        conn, source=source, origin="bench", title=post.title, url=post.url,
-                        date=post.date, tags=post.tags, content_hash=post.content_hash)
-                row = {"source": source, "title": post.title, "url": post.url}
-                store.insert_passage(conn, cid, row, post_ids[source], store.NewPassage(
-                    position=passage.position, heading_path=passage.heading_path,
-                    anchor=passage.anchor, text=passage.text,
-                    content_hash=passage.content_hash, vector=noisy / np.linalg.norm(noisy)))
-            store.bump_generation(conn)
-    ok = _counts_ok(conn, size)
-    conn.close()
-    assert ok, f"{partial} did not come out with {size} passages"
-    partial.rename(path)
-    return path
-
-
-def _copies(posts, passages, vectors):
-    """(source, post, passage, vector) of copy 1, 2, ... of every post, endlessly."""
-    for number in itertools.count(1):
-        for post in posts:
-            for passage, vector in zip(passages[post.id], vectors[post.id]):
-                yield f"copy{number}/{post.source}", post, passage, vector
-
-
-def _counts_ok(conn_or_path, size: int) -> bool:
-    from ragserver import store
-    from ragserver.db import connect
-
-    conn = connect(conn_or_path) if isinstance(conn_or_path, Path) else conn_or_path
-    stats = store.get_stats(conn)
-    if conn is not conn_or_path:
-        conn.close()
-    return stats.passages == stats.vectors == stats.index_rows == size and stats.index_state == "ok"
-
-
-def _remove(path: Path) -> None:
-    for extra in ("", "-wal", "-shm", ".lock"):
-        Path(f"{path}{extra}").unlink(missing_ok=True)
-
-
-def pick_queries(n: int) -> list[str]:
-    """n post titles spread evenly over the corpus, each with four distinct letter cases."""
-    from ragserver import store
-    from ragserver.db import connect
-
-    conn = connect(corpus_db(), readonly=True)
-    titles = [p.title for p in store.list_posts(conn)]
-    conn.close()
-    usable = [t for t in titles if len({v(t) for v in CASES}) == len(CASES)]
-    step = len(usable) / n
-    return [usable[int(i * step)] for i in range(n)]
-
-
-# Same results for an uncased model and FTS5, but a new text for the query cache.
-CASES = (str, str.lower, str.upper, str.swapcase)
 
 
 # -- ragserver in-process --------------------------------------------------------
@@ -285,64 +164,6 @@ def llm_cli(path: Path, query: str) -> float:
 
 # -- through gunicorn ---------------------------------------------------------------
 
-class Server:
-    """gunicorn started from the Procfile on a free port, serving `db`; stopped on exit.
-    Without rate limits: a benchmark is one client (127.0.0.1) asking many times, and the
-    search benchmark's 120 searches a minute ran into RAGSERVER_SEARCH_RATE."""
-
-    def __init__(self, db: Path, **env: str):
-        self.db = db
-        self.env = {"RAGSERVER_ASK_RATE": "0", "RAGSERVER_SEARCH_RATE": "0", **env}
-
-    def __enter__(self) -> "Server":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = WORK / f"gunicorn-{port}.log"
-        env = {**os.environ, "RAGSERVER_DB": str(self.db), **self.env}
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(procfile_command(port), cwd=ROOT, env=env,
-                                            stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__(RuntimeError)
-                raise RuntimeError(f"gunicorn did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            urllib.request.urlopen(self.url + "/healthz", timeout=5).close()
-        except urllib.error.HTTPError:
-            pass  # 503 (say, no answer model) still means it is serving
-        except OSError:
-            return False
-        return True
-
-    def search(self, query: str, mode: str = "hybrid") -> tuple[float, dict]:
-        """(seconds seen by the client, JSON) of one GET /api/search."""
-        url = f"{self.url}/api/search?" + urllib.parse.urlencode({"q": query, "mode": mode})
-        return timed(lambda: json.load(urllib.request.urlopen(url, timeout=300)))
-
-    def worker(self):
-        """The gunicorn worker process (the master's child), as a psutil.Process."""
-        import psutil
-
-        return psutil.Process(self.process.pid).children()[0]
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if not exc or exc[0] is None:
-            self.log.unlink()  # kept only when something went wrong
-
-
 def through_server(path: Path, queries: list[str]) -> dict[str, list[float]]:
     """Client-timed seconds per GET /api/search, the modes in turn for each query.
 
@@ -462,40 +283,24 @@ def findings(local: dict, served: dict, cold: Figure, agree: float) -> list[str]
     at_client = {name: percentile(values, 50) for name, values in served.items()}
     return [
         f"Embedding the query is {p50['embed'] / p50['vector']:.0%} of an in-process vector "
-        f"search ({_ms(p50['embed'])} of {_ms(p50['vector'])} ms at p50).",
-        f"With torch on one thread a query embeds in {_ms(p50['embed 1 thread'])} ms against "
-        f"{_ms(p50['embed'])} ms with its default of one thread per core"
+        f"search ({format_ms(p50['embed'])} of {format_ms(p50['vector'])} ms at p50).",
+        f"With torch on one thread a query embeds in {format_ms(p50['embed 1 thread'])} ms "
+        f"against {format_ms(p50['embed'])} ms with its default of one thread per core"
         + (": torch's OpenMP threads spin while they wait for each other, so while another "
            "process holds a core every step of the model waits for the scheduler."
            if p50["embed"] > 2 * p50["embed 1 thread"] else "."),
         f"FTS5 keyword search is {p50['fts'] / p50['hybrid']:.0%} of a hybrid search "
-        f"({_ms(p50['fts'])} of {_ms(p50['hybrid'])} ms): FTS5 ranks every passage that has "
-        "any of the query's words (stopwords are left out) before it takes the best.",
-        f"sqlite-vss search plus fetching the {K} passages takes {_ms(p50['index'])} ms; a "
-        f"numpy scan of the same vectors {_ms(p50['numpy'])} ms "
+        f"({format_ms(p50['fts'])} of {format_ms(p50['hybrid'])} ms): FTS5 ranks every passage "
+        "that has any of the query's words (stopwords are left out) before it takes the best.",
+        f"sqlite-vss search plus fetching the {K} passages takes {format_ms(p50['index'])} ms; "
+        f"a numpy scan of the same vectors {format_ms(p50['numpy'])} ms "
         f"({p50['index'] / p50['numpy']:.1f}×). They return the same top {K} passages "
         f"{agree:.0%} of the time (both are exact; noisy copies make near-ties).",
         f"A new connection's first search takes {cold.median:.2f} s against "
-        f"{_ms(p50['index'])} ms warm: sqlite-vss loads the whole index into each "
+        f"{format_ms(p50['index'])} ms warm: sqlite-vss loads the whole index into each "
         "connection. The server holds one per thread (up to 8) and reopens every one after "
         "each ingest.",
-        f"Through gunicorn a new hybrid query takes {_ms(at_client['hybrid'])} ms at the "
-        f"client, {_ms(at_client['hybrid took_ms'])} ms by the server's own `took_ms`; a "
-        f"repeated one {_ms(at_client['hybrid cached'])} ms.",
+        f"Through gunicorn a new hybrid query takes {format_ms(at_client['hybrid'])} ms at the "
+        f"client, {format_ms(at_client['hybrid took_ms'])} ms by the server's own `took_ms`; "
+        f"a repeated one {format_ms(at_client['hybrid cached'])} ms.",
     ]
-
-
-def latency_row(figure: tuple[str, list[float]], baseline: tuple[str, list[float]]) -> list:
-    """A table row: p50 / p95 of the figure and of its baseline, and the ratio of the p50s."""
-    (name, values), (base_name, base_values) = figure, baseline
-    ratio = percentile(values, 50) / percentile(base_values, 50)
-    return [name, _p50_p95(values), base_name, _p50_p95(base_values), f"{ratio:.2f}×"]
-
-
-def _p50_p95(seconds: list[float]) -> str:
-    return f"{_ms(percentile(seconds, 50))} / {_ms(percentile(seconds, 95))}"
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"

@@ -42,9 +42,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_search import (CASES, LATENCY_HEADERS, WORK, Server, grown_db, latency_row,
-                          pick_queries)
-from common import COMPARE_HEADERS, CORPUS, MODEL, Figure, Section, compare, neighbour, table
+from common import (COMPARE_HEADERS, CORPUS, LATENCY_HEADERS, MODEL, Figure, Section, compare,
+                    latency_row, neighbour, table)
+from corpus import CASES, WORK, grown_db, pick_queries
+from tests.server import Server
 
 TOPICS = ["sqlite", "python"]
 QUESTION = "How do I enable WAL mode for a SQLite database?"
@@ -188,8 +189,8 @@ def contention(queries: list[str], repeats: int) -> dict:
         with neighbour(), Answering(server.url) as crowded:
             beside = paced(server, [CASES[3](q) for q in queries])
     # llama-cpp-python's own default on two cores: both threads, for both phases.
-    with Server(serving_db(), RAGSERVER_LLM_THREADS="2",
-                RAGSERVER_LLM_BATCH_THREADS="2") as server:
+    with Server(serving_db(), {"RAGSERVER_LLM_THREADS": "2",
+                               "RAGSERVER_LLM_BATCH_THREADS": "2"}) as server:
         two_threads = answers_beside(server, repeats)
     phases = [answering.phase(started) for started, _ in busy]
     return {"answers": answers, "two_threads": two_threads,
@@ -220,7 +221,7 @@ def answer_rows(answers: dict, label: str = "") -> tuple[list[list], float, floa
 def memory(db: Path, queries: list[str]) -> dict[str, float]:
     """Worker RSS (MB) at each stage of one server's life, and its connections to `db`."""
     texts = iter([case(q) for case in CASES for q in queries])
-    with Server(db, RAGSERVER_MAX_ANSWER_TOKENS="64") as server:
+    with Server(db, {"RAGSERVER_MAX_ANSWER_TOKENS": "64"}) as server:
         worker = server.worker()
         rss = lambda: worker.memory_info().rss / MB  # noqa: E731
         found = {"start": rss()}

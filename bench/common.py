@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -27,15 +26,6 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("RAGSERVER_TEST_CORPUS", ROOT.parent / "shared" / "corpus" / "til"))
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def procfile_command(port: int) -> list[str]:
-    """The Procfile's web: command, bound to 127.0.0.1:port, with this venv's gunicorn."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    args = shlex.split(line.removeprefix("web:"))
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
-    args[0] = str(Path(sys.executable).parent / args[0])
-    return args
 
 
 @contextmanager
@@ -135,3 +125,21 @@ def compare(figure: Figure, baseline: Figure, digits: int = 1, higher_is_better:
 
 
 COMPARE_HEADERS = ["measured", "min / median / max", "baseline", "min / median / max", "ratio"]
+LATENCY_HEADERS = ["measured", "p50 / p95 ms", "baseline", "p50 / p95 ms", "ratio (p50)"]
+
+
+def latency_row(figure: tuple[str, list[float]], baseline: tuple[str, list[float]]) -> list:
+    """A table row: p50 / p95 of the figure and of its baseline, and the ratio of the p50s."""
+    (name, values), (base_name, base_values) = figure, baseline
+    ratio = percentile(values, 50) / percentile(base_values, 50)
+    return [name, _p50_p95(values), base_name, _p50_p95(base_values), f"{ratio:.2f}×"]
+
+
+def _p50_p95(seconds: list[float]) -> str:
+    return f"{format_ms(percentile(seconds, 50))} / {format_ms(percentile(seconds, 95))}"
+
+
+def format_ms(seconds: float) -> str:
+    """Milliseconds with fewer decimals the larger they are: 1,234, 56.7, 0.89."""
+    ms = seconds * 1000
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"

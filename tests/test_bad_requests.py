@@ -13,11 +13,7 @@ from ragserver import create_app
 
 LONG = "x" * 2001
 
-
-@pytest.fixture(scope="module")
-def client(seeded_db, embedder, chat_model, tmp_path_factory):
-    return create_app({"db": str(seeded_db), "search_rate": 0, "ask_rate": 0,
-                       "max_answer_tokens": 16}, embedder=embedder, llm=chat_model).test_client()
+pytestmark = pytest.mark.app({"search_rate": 0, "ask_rate": 0, "max_answer_tokens": 16}, llm=True)
 
 
 def _json(body: bytes) -> dict:

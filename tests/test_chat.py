@@ -20,16 +20,7 @@ from ragserver.web.chat import example_question
 
 WAL_QUESTION = "How do I enable WAL mode for a SQLite database?"
 
-
-@pytest.fixture
-def app(seeded_db, embedder, chat_model):
-    return create_app({"db": str(seeded_db), "max_answer_tokens": 40},
-                      embedder=embedder, llm=chat_model)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+pytestmark = pytest.mark.app({"max_answer_tokens": 40}, llm=True)
 
 
 def parse_sse(body: str) -> list[tuple[str, str]]:

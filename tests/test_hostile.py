@@ -12,7 +12,6 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import copy_posts, ragserver, running_server
-from ragserver import create_app
 from test_browser import SLOW, ask, browser  # noqa: F401  (fixture)
 from test_chat import parse_sse
 
@@ -46,6 +45,9 @@ NDJSON = {"id": "frobnicator-tuning", "title": "Frobnicator tuning <svg onload=w
 QUESTION = "Where does the frobnicator cache live?"
 BANNED_TAGS = {"script", "img", "iframe", "svg", "object", "embed", "style", "link", "meta", "base",
                "form", "input", "video", "audio", "source"}
+
+pytestmark = pytest.mark.app({"max_answer_tokens": 120, "search_rate": 0, "ask_rate": 0},
+                             llm=True, database="hostile_db")
 
 
 class Inert(HTMLParser):
@@ -95,13 +97,6 @@ def hostile_db(tmp_path_factory):
               check=True)
     ragserver("ingest", "-", "--db", db, "--quiet", input=json.dumps(NDJSON) + "\n", check=True)
     return db
-
-
-@pytest.fixture(scope="module")
-def client(hostile_db, embedder, chat_model):
-    app = create_app({"db": str(hostile_db), "max_answer_tokens": 120, "search_rate": 0,
-                      "ask_rate": 0}, embedder=embedder, llm=chat_model)
-    return app.test_client()
 
 
 def test_search_results_related_posts_and_api_are_inert(client):

@@ -13,12 +13,14 @@ import urllib.request
 import pytest
 
 from conftest import running_server
-from ragserver import create_app
 from ragserver.gate import Gate
 from ragserver.web.limits import RateLimit
 from test_chat import parse_sse
 
 QUESTION = "How do I enable WAL mode for a SQLite database?"
+
+pytestmark = pytest.mark.app({"max_answer_tokens": 24, "search_rate": 3, "ask_rate": 2,
+                              "max_waiting": 1}, llm=True)
 
 
 class Clock:
@@ -68,12 +70,6 @@ def test_gate_serves_in_arrival_order_and_tells_each_its_place():
     assert served == list("abcd")
     assert seen["d"][0] == 4 and seen["d"][-1] == 1  # moved up as the others were served
     assert not gate.busy and gate.waiting == 0
-
-
-@pytest.fixture
-def app(seeded_db, embedder, chat_model):
-    return create_app({"db": str(seeded_db), "max_answer_tokens": 24, "search_rate": 3,
-                       "ask_rate": 2, "max_waiting": 1}, embedder=embedder, llm=chat_model)
 
 
 def test_searches_over_the_rate_get_429_with_retry_after(app):

@@ -15,6 +15,8 @@ from ragserver.storage import open_storage
 
 BASE = "https://til.example/"
 
+pytestmark = pytest.mark.app({"allowed_origins": "https://blog.example"})
+
 
 def lists_by_source(conn) -> dict[str, list[tuple[str, float]]]:
     names = {p.id: p.source for p in conn.list_posts()}
@@ -139,13 +141,6 @@ def test_cli_lists_related_posts_by_source_or_url(seeded_db):
     assert rows[0]["title"] in by_url.stdout and by_url.stdout.startswith("1. [")
     missing = ragserver("related", "sqlite/no-such-post.md", "--db", seeded_db)
     assert missing.returncode == 1 and "no post with source 'sqlite/no-such-post.md'" in missing.stderr
-
-
-@pytest.fixture
-def client(seeded_db, embedder):
-    app = create_app({"db": str(seeded_db), "allowed_origins": "https://blog.example"},
-                     embedder=embedder)
-    return app.test_client()
 
 
 def test_api_related_json(client, seeded_conn):

@@ -11,11 +11,7 @@ from ragserver.render import highlight
 from ragserver.web.pool import READERS
 
 
-@pytest.fixture
-def client(seeded_db, embedder):
-    app = create_app({"db": str(seeded_db), "allowed_origins": "https://blog.example, https://b.example/"},
-                     embedder=embedder)
-    return app.test_client()
+pytestmark = pytest.mark.app({"allowed_origins": "https://blog.example, https://b.example/"})
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])

@@ -6,13 +6,6 @@ import re
 
 import pytest
 
-from ragserver import create_app
-
-
-@pytest.fixture
-def client(seeded_db, embedder):
-    return create_app({"db": str(seeded_db)}, embedder=embedder).test_client()
-
 
 def result_links(html: str) -> list[str]:
     return re.findall(r'<a class="title" href="([^"]+)"', html)
