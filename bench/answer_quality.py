@@ -68,16 +68,15 @@ def corpus_db() -> Path:
     path = WORK / "answers.db"
     if path.exists():
         return path
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
-    from ragserver.db import connect, init_schema
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import open_source
+    from ragserver.storage import open_storage
     from ragserver.embedder import SentenceTransformerEmbedder
 
     WORK.mkdir(parents=True, exist_ok=True)
     partial = WORK / "answers.db.partial"
     partial.unlink(missing_ok=True)
-    conn = connect(partial)  # torch before sqlite-vss (bench/load_order.py)
-    init_schema(conn)
+    conn = open_storage(partial, create=True)  # torch before sqlite-vss (bench/load_order.py)
     embedder = SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", "", "")
     posts = WORK / "answer-posts"
     shutil.rmtree(posts, ignore_errors=True)
@@ -90,11 +89,11 @@ def corpus_db() -> Path:
 
 def open_corpus():
     from ragserver.config import load_settings
-    from ragserver.db import connect
+    from ragserver.storage import open_storage
     from ragserver.embedder import CachedQueries, load_embedder
 
     settings = load_settings(db=str(corpus_db()))
-    conn = connect(settings.db_path, readonly=True)
+    conn = open_storage(settings.db_path, readonly=True)
     return settings, conn, CachedQueries(load_embedder(settings))
 
 
@@ -167,7 +166,7 @@ def run_answers(model_name: str, split: str, overrides: dict, limit: int | None)
         for q, on_topic in asked:
             started = time.perf_counter()
             record = {"id": q["id"], "on_topic": on_topic, "tokens": "", "quick": None}
-            for event in answer(q["question"], [], conn=conn, embedder=embedder, model=model,
+            for event in answer(q["question"], [], db=conn, embedder=embedder, model=model,
                                 gate=Gate(), options=options):
                 now = time.perf_counter() - started
                 if event.kind == "sources":

@@ -121,7 +121,7 @@ def ragserver_prompt(question: str, settings, conn, embedder, tokenizer) -> tupl
     from ragserver.gate import Gate
 
     recorder = PromptRecorder(tokenizer)
-    events = list(answer(question, [], conn=conn, embedder=embedder, model=recorder, gate=Gate(),
+    events = list(answer(question, [], db=conn, embedder=embedder, model=recorder, gate=Gate(),
                          options=Options.from_settings(settings)))
     ids = [s["passage_id"] for e in events if e.kind == "sources" for s in e.data]
     return recorder.messages, ids
@@ -169,19 +169,18 @@ def process_events(command: list[str], env: dict, stdin: str = ""):
 
 def answer_all(quick: bool, tmp: Path) -> dict:
     """Every path's runs, interleaved, plus what was asked and how."""
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import open_source
     from llama_cpp import Llama
 
     from ragserver.config import load_settings
-    from ragserver.db import connect, init_schema
+    from ragserver.storage import open_storage
     from ragserver.embedder import load_embedder
     from ragserver.llm import load_chat_model, resolve_gguf
 
     max_tokens, repeats = (64, 2) if quick else (128, 5)
     settings = load_settings(db=str(tmp / "bench.db"), max_answer_tokens=max_tokens)
-    conn = connect(settings.db_path)
-    init_schema(conn)
+    conn = open_storage(settings.db_path, create=True)
     embedder = load_embedder(settings)
     Ingester(conn, embedder, commit_rows=settings.commit_rows).run(
         [open_source(str(CORPUS / TOPIC))])

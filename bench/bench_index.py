@@ -9,7 +9,7 @@ renormalised) until there are enough. For each index:
   queries drawn from the real vectors;
 - size on disk of the index itself;
 - how long until a reader sees a new row: a writer commits one row and bumps the
-  generation counter as ragserver does; a `ragserver.db.Reader` (which reopens when the
+  generation counter as ragserver does; a read-only storage (`refresh()` reopens when the
   counter moves) searches until the row turns up.
 """
 
@@ -32,17 +32,16 @@ def real_vectors() -> np.ndarray:
     cache = Path(tempfile.gettempdir()) / "ragserver-bench" / "corpus-vectors.npy"
     if cache.exists():
         return np.load(cache)
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
-    from ragserver import store
-    from ragserver.db import connect, init_schema
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import open_source
+    from ragserver.storage import open_storage
+    from ragserver.storage.sqlite import blob_to_vector
     from ragserver.embedder import SentenceTransformerEmbedder
 
     with tempfile.TemporaryDirectory() as scratch:
-        conn = connect(Path(scratch) / "corpus.db")
-        init_schema(conn)
+        conn = open_storage(Path(scratch) / "corpus.db", create=True)
         Ingester(conn, SentenceTransformerEmbedder(MODEL, "", "")).run([open_source(str(CORPUS))])
-        vectors = np.stack([store.blob_to_vector(blob) for rows in store.iter_vectors(conn)
+        vectors = np.stack([blob_to_vector(blob) for rows in conn.iter_vectors()
                             for _, blob in rows])
         conn.close()
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -60,22 +59,21 @@ def grown(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def build(kind: str, path: Path, vectors: np.ndarray, checkpoints: list[int]) -> dict[int, float]:
     """Create the index and fill it in 1,000-row commits; seconds per commit at each checkpoint."""
-    from ragserver import store
-    from ragserver.db import connect, init_schema, transaction
+    from ragserver.storage import open_storage
+    from ragserver.storage.sqlite import vector_to_blob
 
-    conn = connect(path)
-    init_schema(conn)
-    with transaction(conn):
-        store.set_vector_index(conn, kind)
-        store.create_index(conn, vectors.shape[1])
+    conn = open_storage(path, create=True)
+    with conn.transaction():
+        conn.set_vector_index(kind)
+        conn.create_index(vectors.shape[1])
     costs = {}
     for start in range(0, len(vectors), BATCH):
-        rows = [(start + i + 1, store.vector_to_blob(v))
+        rows = [(start + i + 1, vector_to_blob(v))
                 for i, v in enumerate(vectors[start:start + BATCH])]
         started = time.perf_counter()
-        with transaction(conn):
-            store.insert_index_rows(conn, rows)
-            store.bump_generation(conn)
+        with conn.transaction():
+            conn.insert_index_rows(rows)
+            conn.bump_generation()
         if start in checkpoints:
             costs[start] = time.perf_counter() - started
     conn.close()
@@ -84,48 +82,49 @@ def build(kind: str, path: Path, vectors: np.ndarray, checkpoints: list[int]) ->
 
 def search_latency(path: Path, queries: np.ndarray) -> list[float]:
     """Seconds of each top-10 query against the index alone."""
-    from ragserver import store
-    from ragserver.db import connect
+    from ragserver.storage import open_storage
+    from ragserver.storage.sqlite import vector_to_blob
 
-    conn = connect(path)
-    index = store.vector_index(conn)
-    conn.execute(index.search, (store.vector_to_blob(queries[0]), 10)).fetchall()  # load it
+    conn = open_storage(path)
+    index = conn.vector_index()
+    conn.conn.execute(index.search, (vector_to_blob(queries[0]), 10)).fetchall()  # load it
     seconds = []
     for query in queries:
         started = time.perf_counter()
-        conn.execute(index.search, (store.vector_to_blob(query), 10)).fetchall()
+        conn.conn.execute(index.search, (vector_to_blob(query), 10)).fetchall()
         seconds.append(time.perf_counter() - started)
     conn.close()
     return seconds
 
 
 def visibility(path: Path, dimension: int, rng: np.random.Generator) -> float:
-    """Seconds from a writer's commit until a Reader's search returns the new row."""
-    from ragserver import store
-    from ragserver.db import Reader, connect, transaction
+    """Seconds from a writer's commit until a reader's search returns the new row."""
+    from ragserver.storage import open_storage
+    from ragserver.storage.sqlite import vector_to_blob
 
-    reader = Reader(path)
-    index = store.vector_index(reader.connection())
+    reader = open_storage(path)
+    index = reader.vector_index()
     probe = rng.normal(0, 1, dimension).astype(np.float32)
     probe /= np.linalg.norm(probe)
-    blob = store.vector_to_blob(probe)
-    reader.connection().execute(index.search, (blob, 1)).fetchall()  # index loaded before
-    writer = connect(path)
+    blob = vector_to_blob(probe)
+    reader.conn.execute(index.search, (blob, 1)).fetchall()  # index loaded before
+    writer = open_storage(path)
     rowid = 10**9 + rng.integers(10**6)
-    with transaction(writer):
-        store.insert_index_rows(writer, [(int(rowid), blob)])
-        store.bump_generation(writer)
+    with writer.transaction():
+        writer.insert_index_rows([(int(rowid), blob)])
+        writer.bump_generation()
     started = time.perf_counter()
     while time.perf_counter() - started < 60:
-        found = reader.connection().execute(index.search, (blob, 1)).fetchall()
+        reader.refresh()
+        found = reader.conn.execute(index.search, (blob, 1)).fetchall()
         if found and found[0][0] == rowid:
             break
     else:
         raise AssertionError(f"a {index.kind} reader did not see a committed row in 60 s")
     seconds = time.perf_counter() - started
-    with transaction(writer):
-        writer.execute(f"DELETE FROM {index.table} WHERE rowid = ?", (int(rowid),))
-        store.bump_generation(writer)
+    with writer.transaction():
+        writer.conn.execute(f"DELETE FROM {index.table} WHERE rowid = ?", (int(rowid),))
+        writer.bump_generation()
     writer.close()
     reader.close()
     return seconds
@@ -151,11 +150,10 @@ def run(quick: bool) -> Section:
                 seen = Figure(f"{kind} reader sees a new row", "ms",
                               [visibility(path, real.shape[1], rng) * 1000
                                for _ in range(2 if quick else 5)])
-                from ragserver import store
-                from ragserver.db import connect
+                from ragserver.storage import open_storage
 
-                conn = connect(path)
-                index_bytes = store.get_stats(conn).index_bytes
+                conn = open_storage(path)
+                index_bytes = conn.get_stats().index_bytes
                 conn.close()
                 path.unlink()
                 data[f"{kind}-{size}"] = {

@@ -61,13 +61,12 @@ def copy_posts(quick: bool, to: Path) -> Path:
 
 def ingest(folder: Path, db_path: Path, embedder, commit_rows: int):
     """`ragserver ingest FOLDER --db DB_PATH`, in-process; returns the run's Summary."""
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
-    from ragserver.db import connect, init_schema
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import open_source
+    from ragserver.storage import open_storage
 
-    conn = connect(db_path)
+    conn = open_storage(db_path, create=True)
     try:
-        init_schema(conn)
         return Ingester(conn, embedder, commit_rows=commit_rows).run([open_source(str(folder))])
     finally:
         conn.close()
@@ -75,19 +74,19 @@ def ingest(folder: Path, db_path: Path, embedder, commit_rows: int):
 
 def embedded_texts(db_path: Path, prefix: str) -> list[str]:
     """The texts ragserver embedded, rebuilt from the stored passages."""
-    from ingest.chunking import embedding_text
-    from ragserver.db import connect
+    from ragserver.ingest.chunking import embedding_text
+    from ragserver.storage import open_storage
 
-    conn = connect(db_path)
-    rows = conn.execute("SELECT o.title, p.heading_path, p.text FROM passages p "
-                        "JOIN posts o ON o.id = p.post_id ORDER BY p.id").fetchall()
+    conn = open_storage(db_path)
+    rows = conn.conn.execute("SELECT o.title, p.heading_path, p.text FROM passages p "
+                             "JOIN posts o ON o.id = p.post_id ORDER BY p.id").fetchall()
     conn.close()
     return [prefix + embedding_text(title, json.loads(path), text) for title, path, text in rows]
 
 
 def run(quick: bool) -> Section:
     from ragserver.config import Settings
-    from ragserver.db import connect
+    from ragserver.storage.sqlite_connection import connect
 
     connect(":memory:").close()  # torch before sqlite-vss (bench/load_order.py)
     import torch

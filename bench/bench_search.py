@@ -10,8 +10,8 @@ so each mode gets the titles in another letter case (the model is uncased and FT
 case: same results, new to the cache), and a repeated hybrid search shows the cached case.
 
 Measured, as p50 / p95 over the queries: `retrieve.search_posts` per mode in-process and
-its parts (`embed_query`, also with torch on one thread; `store.search_index` with the
-vector given; `store.search_keyword`), each
+its parts (`embed_query`, also with torch on one thread; `storage.search_index` with the
+vector given; `storage.search_keyword`), each
 query through all of them in turn so that load from elsewhere on the machine falls on
 all alike; the same searches as `GET /api/search` of a gunicorn
 started from the Procfile, timed by the client; a numpy scan of one float32 matrix
@@ -51,12 +51,11 @@ def in_process(path: Path, queries: list[str]):
     """
     import torch
 
-    from ragserver import store
-    from ragserver.db import connect
+    from ragserver.storage import open_storage
     from ragserver.embedder import SentenceTransformerEmbedder
     from ragserver.retrieve import search_posts
 
-    conn = connect(path)
+    conn = open_storage(path)
     embedder = SentenceTransformerEmbedder(MODEL, "", "")
     for mode in MODES:  # the first vector search loads the index into this connection
         search_posts(conn, embedder, "warm up", mode=mode)
@@ -72,11 +71,11 @@ def in_process(path: Path, queries: list[str]):
         torch.set_num_threads(1)
         seconds.setdefault("embed 1 thread", []).append(timed(lambda: embedder.embed_query(q))[0])
         torch.set_num_threads(threads)
-        took, hits = timed(lambda: store.search_index(conn, vector, K))
+        took, hits = timed(lambda: conn.search_index(vector, K))
         seconds.setdefault("index", []).append(took)
         vectors.append(vector)
         top.append([h.passage_id for h in hits])
-        took, words = timed(lambda: store.search_keyword(conn, q, CANDIDATES))
+        took, words = timed(lambda: conn.search_keyword(q, CANDIDATES))
         seconds.setdefault("fts", []).append(took)
     conn.close()
     return seconds, vectors, top
@@ -84,12 +83,11 @@ def in_process(path: Path, queries: list[str]):
 
 def first_search(path: Path, vector) -> float:
     """Seconds to open a connection and run its first vector search (loads the index)."""
-    from ragserver import store
-    from ragserver.db import connect
+    from ragserver.storage import open_storage
 
     def run():
-        conn = connect(path)
-        store.search_index(conn, vector, K)
+        conn = open_storage(path)
+        conn.search_index(vector, K)
         conn.close()
     return timed(run)[0]
 
@@ -98,12 +96,11 @@ def first_search(path: Path, vector) -> float:
 
 def load_matrix(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(passage ids, float32 matrix of every stored vector)."""
-    from ragserver import store
-    from ragserver.db import connect
+    from ragserver.storage import open_storage
 
-    conn = connect(path, readonly=True)
+    conn = open_storage(path, readonly=True)
     ids, blobs = [], []
-    for rows in store.iter_vectors(conn, batch=10_000):
+    for rows in conn.iter_vectors(batch=10_000):
         ids += [pid for pid, _ in rows]
         blobs += [blob for _, blob in rows]
     conn.close()
@@ -209,11 +206,10 @@ def run(quick: bool) -> Section:
 
 def measure(path: Path, size: int, queries: list[str], quick: bool) -> tuple[str, dict]:
     """Every figure for one database: (Markdown, numbers for results.json)."""
-    from ragserver import store
-    from ragserver.db import connect
+    from ragserver.storage import open_storage
 
-    conn = connect(path, readonly=True)
-    stats = store.get_stats(conn)
+    conn = open_storage(path, readonly=True)
+    stats = conn.get_stats()
     conn.close()
     load_before = os.getloadavg()[0]
     local, vectors, vss_top = in_process(path, queries)
@@ -241,7 +237,7 @@ def measure(path: Path, size: int, queries: list[str], quick: bool) -> tuple[str
         heading,
         table(LATENCY_HEADERS, latency_rows(local, served)),
         table(COMPARE_HEADERS, [
-            compare(cold, Figure("warm `store.search_index`", "s", local["index"]), 3),
+            compare(cold, Figure("warm `storage.search_index`", "s", local["index"]), 3),
             compare(load, Figure("numpy scan, one query", "s", local["numpy"]), 3)]),
         "\n".join(f"- {line}" for line in findings(local, served, cold, agree))])
     numbers = {name: {"p50_ms": round(percentile(v, 50) * 1000, 2),
@@ -263,9 +259,9 @@ def latency_rows(local: dict, served: dict) -> list[list]:
         (("ragserver keyword, in-process", local["keyword"]), vector),
         (("ragserver hybrid, in-process", local["hybrid"]), vector),
         (("of a vector search: `embed_query` alone", local["embed"]), vector),
-        ((f"of a vector search: `store.search_index` alone (k={K})", local["index"]), vector),
+        ((f"of a vector search: `storage.search_index` alone (k={K})", local["index"]), vector),
         (("`embed_query`, torch on 1 thread", local["embed 1 thread"]), vector),
-        ((f"of a hybrid search: `store.search_keyword` (k={CANDIDATES})", local["fts"]), hybrid),
+        ((f"of a hybrid search: `storage.search_keyword` (k={CANDIDATES})", local["fts"]), hybrid),
         ((f"numpy scan, vector given (`matrix @ q`, top {K})", local["numpy"]), vector),
         ((f"llm `Collection.similar` ({len(local['llm'])} queries)", local["llm"]), vector),
         ((f"`llm similar -c` command ({len(local['llm cli'])} runs)", local["llm cli"]), vector),

@@ -60,9 +60,9 @@ def serving_db() -> Path:
     path = WORK / "serving.db"
     if path.exists():
         return path
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
-    from ragserver.db import connect, init_schema
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import open_source
+    from ragserver.storage import open_storage
     from ragserver.embedder import SentenceTransformerEmbedder
 
     posts = WORK / "serving-posts"
@@ -71,8 +71,7 @@ def serving_db() -> Path:
         shutil.copytree(CORPUS / topic, posts / topic)
     partial = WORK / "serving.db.partial"
     partial.unlink(missing_ok=True)
-    conn = connect(partial)  # before the model: torch must be imported before sqlite-vss
-    init_schema(conn)
+    conn = open_storage(partial, create=True)  # before the model: torch before sqlite-vss
     embedder = SentenceTransformerEmbedder(MODEL, "", "")
     Ingester(conn, embedder).run([open_source(str(posts), base_url="https://til.example/")])
     conn.close()
@@ -337,11 +336,10 @@ def memory_rows(found: list[dict]) -> list[list]:
 
 def memory_line(found: list[dict], db: Path) -> str:
     """Growth per extra search thread beside the index size, and the connections open."""
-    from ragserver import store
-    from ragserver.db import connect
+    from ragserver.storage import open_storage
 
-    conn = connect(db, readonly=True)
-    index_mb = store.get_stats(conn).index_bytes / MB
+    conn = open_storage(db, readonly=True)
+    index_mb = conn.get_stats().index_bytes / MB
     conn.close()
     last = BURSTS[-1]
     per_thread = sorted((f[f"after {last}"] - f["after 1"]) / (last - 1) for f in found)

@@ -55,7 +55,7 @@ print(json.dumps({"prompt_tokens": len(tokens), "prompt_s": prompt_s[1:], "rates
 TORCH_SCRIPT = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[2])
-from ragserver.db import connect
+from ragserver.storage.sqlite_connection import connect
 connect(":memory:").close()  # torch before sqlite-vss, as ragserver does
 import torch
 from ragserver.embedder import SentenceTransformerEmbedder

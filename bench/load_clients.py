@@ -24,17 +24,16 @@ from load_plan import ASK_TIMEOUT, READ_TIMEOUT, SEARCH_TIMEOUT
 
 def search_texts(db: Path) -> list[str]:
     """Distinct real queries from the corpus: titles in four cases, headings, passage openings."""
-    from ragserver import store
-
-    # Plain sqlite3: reading posts needs no vector index, and ragserver.db.connect()
-    # would import torch into this client process.
+    # Plain sqlite3 on the SQLite file: reading posts needs no vector index, and opening
+    # the storage would import torch into this client process.
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    posts = store.list_posts(conn)
-    texts = [case(p.title) for p in posts for case in CASES]
-    for post in posts:
-        for passage in store.passages_for_post(conn, post.id):
-            texts += passage.heading_path
-            words = re.findall(r"[A-Za-z][\w'+.-]*", passage.text)
+    posts = conn.execute("SELECT id, title FROM posts ORDER BY source").fetchall()
+    texts = [case(title) for _, title in posts for case in CASES]
+    for post_id, _ in posts:
+        for headings, text in conn.execute("SELECT heading_path, text FROM passages "
+                                           "WHERE post_id = ? ORDER BY position", (post_id,)):
+            texts += json.loads(headings)
+            words = re.findall(r"[A-Za-z][\w'+.-]*", text)
             if len(words) >= 3:
                 texts.append(" ".join(words[:6]))
     conn.close()

@@ -2,7 +2,7 @@
 
 SQLite loads extensions with RTLD_GLOBAL; vss0 brings the system's reference BLAS
 with it. If that happens before torch is imported, torch's matrix kernels are
-interposed and embedding slows down many times over. ragserver.db.connect() imports
+interposed and embedding slows down many times over. ragserver's SQLite backend imports
 torch first. This prints seconds to embed real passages both ways:
 
     python bench/load_order.py [N_PASSAGES]
@@ -23,9 +23,9 @@ if order == "vss-first":
     import sqlite_vss
     conn = dbapi2.connect(":memory:"); conn.enable_load_extension(True); sqlite_vss.load(conn)
 else:
-    from ragserver.db import connect
+    from ragserver.storage.sqlite_connection import connect
     conn = connect(":memory:")
-from ingest.chunking import markdown_blocks
+from ragserver.ingest.formats.markdown import markdown_blocks
 texts = [b.text for p in sorted(corpus.rglob("*.md")) for b in markdown_blocks(p.read_text())
          if b.kind == "paragraph"][:n]
 from ragserver.embedder import SentenceTransformerEmbedder

@@ -30,22 +30,21 @@ def same_topic_at_10(ids: list[int], topic: dict[int, str], matrix: np.ndarray) 
 
 
 def main() -> None:
-    from ingest.pipeline import Ingester
-    from ingest.sources import open_source
-    from ragserver import related, store
-    from ragserver.db import connect, init_schema, transaction
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import open_source
+    from ragserver import related
+    from ragserver.storage import open_storage
     from ragserver.embedder import SentenceTransformerEmbedder
 
     db_path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/ragserver-related.db")
-    conn = connect(db_path)
-    init_schema(conn)
+    conn = open_storage(db_path, create=True)
     embedder = SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", "", "")
     Ingester(conn, embedder).run([open_source(str(CORPUS))])
 
-    posts = store.list_posts(conn)
+    posts = conn.list_posts()
     ids = [p.id for p in posts]
     topic = {p.id: p.source.split("/")[0] for p in posts}
-    passages = {pid: m for pid, _, m in store.passage_vectors_of_posts(conn, ids)}
+    passages = {pid: m for pid, _, m in conn.passage_vectors_of_posts(ids)}
     sizes = Counter(topic.values())
     n = len(ids)
     print(f"{n} posts in {len(sizes)} topics; same-topic@10 of a random list: "
@@ -56,13 +55,14 @@ def main() -> None:
         matrix = np.stack([vector(passages[i]) for i in ids])
         print(f"{name:30s} same-topic@10 {same_topic_at_10(ids, topic, matrix):.3f}")
 
-    with transaction(conn):
-        conn.execute("DELETE FROM post_vectors")
+    with conn.transaction():
+        conn.conn.execute("DELETE FROM post_vectors")
     started = time.perf_counter()
     lists = related.refresh(conn)
     print(f"full refresh: {lists} lists in {time.perf_counter() - started:.2f}s")
-    with transaction(conn):  # as if one post had been edited
-        conn.execute("UPDATE post_vectors SET content_hash = 'edited' WHERE post_id = ?", (ids[0],))
+    with conn.transaction():  # as if one post had been edited
+        conn.conn.execute("UPDATE post_vectors SET content_hash = 'edited' WHERE post_id = ?",
+                          (ids[0],))
     started = time.perf_counter()
     lists = related.refresh(conn)
     print(f"refresh after one edit: {lists} lists in {time.perf_counter() - started:.2f}s")

@@ -18,14 +18,13 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "til"
 
 
 def build(db_path: Path):
-    from ingest.pipeline import Ingester
-    from ingest.sources import Source
-    from ragserver.db import connect, init_schema
+    from ragserver.ingest.pipeline import Ingester
+    from ragserver.ingest.sources import Source
+    from ragserver.storage import open_storage
     from ragserver.embedder import SentenceTransformerEmbedder
 
     embedder = SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", "", "")
-    conn = connect(db_path)
-    init_schema(conn)
+    conn = open_storage(db_path, create=True)
     titles = {}
     lines = []
     for number, path in enumerate(sorted(CORPUS.rglob("*.md")), 1):
@@ -33,7 +32,7 @@ def build(db_path: Path):
         source = path.relative_to(CORPUS).as_posix()
         titles[source] = first.lstrip("# ").strip()
         lines.append(json.dumps({"id": source, "title": f"Post {number}", "content": body}))
-    if not conn.execute("SELECT count(*) FROM posts").fetchone()[0]:
+    if not conn.get_stats().posts:
         stdin = Source("-", "stdin", "stdin", stdin=io.StringIO("\n".join(lines)))
         Ingester(conn, embedder).run([stdin])
     return conn, embedder, titles
