@@ -113,6 +113,7 @@ class SQLiteStorage:
         self.path = _file(path)
         self.readonly = readonly
         self.reopened = 0
+        self._collection_id: int | None = None
         self.conn = connect(self.path, readonly=readonly)
         try:
             if create:
@@ -320,8 +321,12 @@ class SQLiteStorage:
         return len(ids)
 
     def collection_id(self) -> int:
-        """Row id of the passages collection in the llm-compatible tables."""
-        return self._sql("SELECT id FROM collections WHERE name = ?", (COLLECTION,)).fetchone()[0]
+        """Row id of the passages collection in the llm-compatible tables (made with the
+        schema and never changed: looked up once, not on every write and search)."""
+        if self._collection_id is None:
+            self._collection_id = self._sql("SELECT id FROM collections WHERE name = ?",
+                                            (COLLECTION,)).fetchone()[0]
+        return self._collection_id
 
     # -- vector index -----------------------------------------------------------
 
