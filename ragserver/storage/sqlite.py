@@ -108,6 +108,7 @@ class SQLiteStorage:
 
     kind = "sqlite"
     errors = database_errors()
+    VECTOR_INDEXES = tuple(INDEXES)
 
     def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = False):
         self.path = _file(path)
@@ -135,6 +136,16 @@ class SQLiteStorage:
     def writer_lock(path: str | Path):
         """The lock every writer of this database holds (a lock file beside it)."""
         return writer_lock(_file(path))
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """True when the database file is there."""
+        return _file(path).exists()
+
+    @staticmethod
+    def describe(path: str | Path) -> str:
+        """The file's path."""
+        return str(_file(path))
 
     @property
     def location(self) -> str:
