@@ -21,7 +21,7 @@ from .records import (BackendUnavailable, CannotWrite, ExamplePost, Hit, IngestL
 __all__ = ["BACKENDS", "BackendUnavailable", "CannotWrite", "ExamplePost", "Hit", "IngestLocked",
            "KeptPassage", "ModelInfo", "ModelMismatchError", "NewPassage", "NewPost",
            "NotADatabase", "Post", "RelatedPost", "Stats", "Storage", "StoredPassage",
-           "database_errors", "describe", "exists", "open_storage", "vector_indexes",
+           "database_errors", "describe", "exists", "open_storage", "shared_rate_limits", "vector_indexes",
            "writer_lock"]
 
 # URL scheme -> "module:class". A target without a scheme is a SQLite file path. The class
@@ -65,6 +65,7 @@ class Storage(Protocol):
     def bump_generation(self) -> None: ...
     def count_vectors(self) -> int: ...
     def count_index_rows(self) -> int: ...
+    def index_is_empty(self) -> bool: ...  # checked before every vector search: cheap
     def rebuild_index(self, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None,
                       vector_index: str | None = None) -> int: ...
 
@@ -134,6 +135,12 @@ def describe(target: str | Path) -> str:
 def vector_indexes(target: str | Path) -> tuple[str, ...]:
     """The kinds of vector index the target's backend offers, its default first."""
     return _backend_class(backend_of(target)).VECTOR_INDEXES
+
+
+def shared_rate_limits(target: str | Path):
+    """Rate limit buckets shared by every web worker of this database (an object with
+    take(name, key, per_minute) -> seconds to wait), or None where each worker counts alone."""
+    return _backend_class(backend_of(target)).shared_rate_limits(str(target))
 
 
 def writer_lock(target: str | Path) -> AbstractContextManager:

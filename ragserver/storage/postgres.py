@@ -10,6 +10,7 @@ number of web workers and machines.
 from __future__ import annotations
 
 import json
+import threading
 from contextlib import contextmanager
 from typing import Callable
 
@@ -119,6 +120,11 @@ class PostgresStorage:
     def writer_lock(url: str):
         """The lock every writer of this database holds (a PostgreSQL advisory lock)."""
         return writer_lock(url)
+
+    @staticmethod
+    def shared_rate_limits(url: str) -> "SharedRateLimits":
+        """Rate limit buckets every web worker and machine on this database counts against."""
+        return SharedRateLimits(url)
 
     @staticmethod
     def exists(url: str) -> bool:
@@ -322,6 +328,11 @@ class PostgresStorage:
     def count_index_rows(self) -> int:
         """Vectors the index covers: all of them while a valid index exists, else 0."""
         return self.count_vectors() if self.index_exists() else 0
+
+    def index_is_empty(self) -> bool:
+        """True while there is no valid HNSW index or no vector (without counting them all)."""
+        return not self.index_exists() or \
+            not self._sql("SELECT EXISTS (SELECT 1 FROM passages)").fetchone()[0]
 
     def search_index(self, vector, k: int) -> list[Hit]:
         """Nearest passages to a normalised query vector by cosine distance, best first."""
@@ -533,3 +544,54 @@ class PostgresStorage:
                                "WHERE name = 'maintenance_work_mem'").fetchone()[0]
         if wanted_mb > current_mb:
             self._sql(f"SET LOCAL maintenance_work_mem = '{wanted_mb}MB'")
+
+
+class SharedRateLimits:
+    """Token buckets in the rate_limits table, one row per (limit, client): every web worker
+    and machine serving this database counts a client's requests together.
+
+    Time is the server's clock, so machines with skewed clocks agree. A bucket idle for a
+    minute is full again, so such rows are deleted now and then.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self._conn = None
+        self._lock = threading.Lock()  # one connection per worker, one statement at a time
+        self._swept = 0.0
+
+    def take(self, name: str, key: str, per_minute: int) -> float:
+        """0 when `key` may go ahead (and it is counted), else seconds until it may."""
+        rate = per_minute / 60.0
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.url)
+            conn = self._conn
+            try:
+                with conn.transaction():
+                    now = conn.execute(
+                        "SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+                    conn.execute("INSERT INTO rate_limits (name, key, tokens, updated) "
+                                 "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                                 (name, key, float(per_minute), now))
+                    tokens, updated = conn.execute(
+                        "SELECT tokens, updated FROM rate_limits WHERE name = %s AND key = %s "
+                        "FOR UPDATE", (name, key)).fetchone()
+                    tokens = min(float(per_minute), tokens + max(0.0, now - updated) * rate)
+                    wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+                    conn.execute("UPDATE rate_limits SET tokens = %s, updated = %s "
+                                 "WHERE name = %s AND key = %s",
+                                 (tokens - 1.0 if wait == 0.0 else tokens, now, name, key))
+                    if now - self._swept >= 60:
+                        self._swept = now
+                        conn.execute("DELETE FROM rate_limits WHERE updated < %s", (now - 60,))
+            except BaseException:
+                conn.close()  # a broken session is not reused
+                raise
+            return wait
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()

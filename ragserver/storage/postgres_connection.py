@@ -91,7 +91,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if not parts.password:
         return url
     host = parts.hostname or ""
     if parts.port:

@@ -138,6 +138,11 @@ class SQLiteStorage:
         return writer_lock(_file(path))
 
     @staticmethod
+    def shared_rate_limits(path: str | Path) -> None:
+        """None: one machine serves a SQLite file, and its workers count in their own memory."""
+        return None
+
+    @staticmethod
     def exists(path: str | Path) -> bool:
         """True when the database file is there."""
         return _file(path).exists()
@@ -383,6 +388,10 @@ class SQLiteStorage:
         if not self.index_exists():
             return 0
         return self._sql(self.vector_index().count).fetchone()[0]
+
+    def index_is_empty(self) -> bool:
+        """True when a search of the vector index can find nothing (sqlite-vss must not be asked)."""
+        return self.count_index_rows() == 0
 
     def iter_vectors(self, batch: int = 1000):
         """Yield lists of (passage id, blob) from the embeddings table, in id order."""
