@@ -93,7 +93,7 @@ def open_corpus():
     from ragserver.embedder import CachedQueries, load_embedder
 
     settings = load_settings(db=str(corpus_db()))
-    conn = open_storage(settings.db_path, readonly=True)
+    conn = open_storage(settings.database, readonly=True)
     return settings, conn, CachedQueries(load_embedder(settings))
 
 
@@ -152,7 +152,7 @@ def run_answers(model_name: str, split: str, overrides: dict, limit: int | None)
     from ragserver.llm import load_chat_model
 
     settings, conn, embedder = open_corpus()
-    settings = load_settings(db=str(settings.db_path), llm_model=model_name)
+    settings = load_settings(db=str(settings.database), llm_model=model_name)
     options = Options.from_settings(settings, **overrides)
     model = load_chat_model(settings, serving=False)
     questions, off_topic = load_questions(split)

@@ -180,7 +180,7 @@ def answer_all(quick: bool, tmp: Path) -> dict:
 
     max_tokens, repeats = (64, 2) if quick else (128, 5)
     settings = load_settings(db=str(tmp / "bench.db"), max_answer_tokens=max_tokens)
-    conn = open_storage(settings.db_path, create=True)
+    conn = open_storage(settings.database, create=True)
     embedder = load_embedder(settings)
     Ingester(conn, embedder, commit_rows=settings.commit_rows).run(
         [open_source(str(CORPUS / TOPIC))])
@@ -193,7 +193,7 @@ def answer_all(quick: bool, tmp: Path) -> dict:
     threads, batch_threads = settings.llm_thread_counts  # what ragserver's model process uses
     llama = Llama(model_path=str(gguf), n_ctx=settings.llm_context, n_threads=threads,
                   n_threads_batch=batch_threads, verbose=False)
-    env = {**os.environ, "RAGSERVER_DB": str(settings.db_path),
+    env = {**os.environ, "RAGSERVER_DB": str(settings.database),
            "RAGSERVER_MAX_ANSWER_TOKENS": str(max_tokens)}
     cli = [str(Path(sys.executable).parent / "ragserver"), "ask", "--json", QUESTION]
     script = [sys.executable, "-c", RAW_SCRIPT, str(gguf), str(settings.llm_context),
@@ -205,7 +205,7 @@ def answer_all(quick: bool, tmp: Path) -> dict:
 
     runs = {"raw": [], "server": [], "cli": [], "raw_script": [], "raw_cached": [],
             "server_cached": []}
-    with Server(settings.db_path, {"RAGSERVER_MAX_ANSWER_TOKENS": str(max_tokens)}) as server:
+    with Server(settings.database, {"RAGSERVER_MAX_ANSWER_TOKENS": str(max_tokens)}) as server:
         server.search("warm up")  # loads the embedding model
         url = server.url
         warm = timed_events(raw_events, llama, messages, max_tokens)  # loads the model

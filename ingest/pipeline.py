@@ -79,12 +79,13 @@ def passage_hash(text_to_embed: str, model: ModelInfo) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def prepare_model(db: Storage, embedder: Embedder, vector_index: str = "vss") -> None:
-    """Record the model and index kind on a new database; refuse one built with another model."""
+def prepare_model(db: Storage, embedder: Embedder, vector_index: str | None = None) -> None:
+    """Record the model and index kind (default: the backend's own) on a new database;
+    refuse one built with another model."""
     if db.get_model_info() is None:
         with db.transaction():
             if db.get_model_info() is None:
-                db.set_vector_index(vector_index)
+                db.set_vector_index(vector_index or db.VECTOR_INDEXES[0])
                 db.set_model_info(embedder.info)
     db.check_model(embedder.info)
 
@@ -93,7 +94,8 @@ class Ingester:
     """One ingest run against one open database."""
 
     def __init__(self, db: Storage, embedder: Embedder, *, commit_rows: int = 1000,
-                 on_event: Callable[[str, str], None] | None = None, vector_index: str = "vss"):
+                 on_event: Callable[[str, str], None] | None = None,
+                 vector_index: str | None = None):
         self.db = db
         self.embedder = embedder
         self.commit_rows = max(1, commit_rows)

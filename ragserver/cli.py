@@ -27,19 +27,19 @@ def _settings(db: str | None):
 
 
 def _open(settings, *, must_exist: bool, readonly: bool = False):
-    from .storage import BackendUnavailable, NotADatabase, open_storage
+    from .storage import BackendUnavailable, NotADatabase, exists, open_storage
 
-    path = settings.db_path
-    if must_exist and not path.exists():
+    if must_exist and not exists(settings.database):
         raise click.ClickException(
-            f"no database at {path}. Run `ragserver ingest SOURCE...` first "
-            "(or point --db / RAGSERVER_DB at an existing one).")
+            f"no database at {settings.database_label}. Run `ragserver ingest SOURCE...` first "
+            "(or point --db / RAGSERVER_DB / RAGSERVER_DATABASE_URL at an existing one).")
     try:
-        return open_storage(path, readonly=readonly, create=not must_exist)
+        return open_storage(settings.database, readonly=readonly, create=not must_exist)
     except (BackendUnavailable, NotADatabase) as error:
         raise click.ClickException(str(error)) from None
-    except Exception as error:  # sqlite3/pysqlite3 errors: not a database, read-only, ...
-        raise click.ClickException(f"cannot open database {path}: {error}") from None
+    except Exception as error:  # the driver's errors: not a database, read-only, ...
+        raise click.ClickException(
+            f"cannot open database {settings.database_label}: {error}") from None
 
 
 def _embedder(settings):
@@ -60,15 +60,16 @@ def _embedder(settings):
 def _writing(settings, what: str):
     """Hold the ingest lock while writing; a held lock, an unwritable folder or a failed
     write (disk full, read-only database) ends the command with a clear message."""
-    from .storage import CannotWrite, IngestLocked, database_errors, writer_lock
+    from .storage import (BackendUnavailable, CannotWrite, IngestLocked, database_errors,
+                          writer_lock)
 
     try:
-        with writer_lock(settings.db_path):
+        with writer_lock(settings.database):
             yield
     except IngestLocked as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_LOCKED)
-    except CannotWrite as error:
+    except (CannotWrite, BackendUnavailable) as error:
         raise click.ClickException(str(error)) from None
     except database_errors() as error:
         # Writes are transactions: what committed before the failure is whole, the rest rolled back.
@@ -86,9 +87,10 @@ def cli():
     """
 
 
-db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
-                         help="Database file (default: RAGSERVER_DB, else ragserver.db in the "
-                              "instance folder).")
+db_option = click.option("--db", metavar="PATH|URL", default=None,
+                         help="Database: a SQLite file or a postgresql:// URL (default: "
+                              "RAGSERVER_DB or RAGSERVER_DATABASE_URL, else ragserver.db in "
+                              "the instance folder).")
 json_lines_option = click.option("--json", "as_json", is_flag=True,
                                  help="One JSON object per line.")
 
@@ -131,7 +133,7 @@ def ingest(sources, db, base_url, prune, quiet):
         bar = _Progress(quiet)
         try:
             ingester = Ingester(storage, embedder, commit_rows=settings.commit_rows,
-                                on_event=bar.event, vector_index=settings.vector_index)
+                                on_event=bar.event, vector_index=settings.index_kind)
             summary = ingester.run(opened, prune=prune)
             in_use = storage.index_kind()
         except ModelMismatchError as error:
@@ -140,9 +142,9 @@ def ingest(sources, db, base_url, prune, quiet):
             bar.close()
             storage.close()
     summary.skipped[:0] = early_skips
-    if in_use != settings.vector_index:
-        click.echo(f"note: {settings.db_path} keeps its {in_use} index although "
-                   f"RAGSERVER_VECTOR_INDEX is {settings.vector_index}; `ragserver reindex` "
+    if in_use != settings.index_kind:
+        click.echo(f"note: {settings.database_label} keeps its {in_use} index although "
+                   f"RAGSERVER_VECTOR_INDEX is {settings.index_kind}; `ragserver reindex` "
                    "switches it.", err=True)
     click.echo(summary.line())
     if summary.skipped:
@@ -208,7 +210,7 @@ def search(query, db, number, mode, as_json):
     settings = _settings(db)
     storage = _open(settings, must_exist=True, readonly=True)
     try:
-        if storage.count_index_rows() == 0:
+        if storage.index_is_empty():
             click.echo(_empty_message(storage, settings), err=True)
             return
         embedder = _embedder(settings)
@@ -247,7 +249,7 @@ def related_command(source, db, number, as_json):
         post, similar = related_posts(storage, source=None if is_url else source,
                                       url=source if is_url else None, n=number)
     except NotFound as error:
-        raise click.ClickException(f"{error} in {settings.db_path}") from None
+        raise click.ClickException(f"{error} in {settings.database_label}") from None
     finally:
         storage.close()
     if not similar and not as_json:
@@ -263,9 +265,9 @@ def related_command(source, db, number, as_json):
 def _empty_message(storage, settings) -> str:
     stats = storage.get_stats()
     if stats.vectors:
-        return (f"The search index of {settings.db_path} is empty although {stats.vectors} "
+        return (f"The search index of {settings.database_label} is empty although {stats.vectors} "
                 "passages are stored: run `ragserver reindex` to rebuild it.")
-    return (f"No posts in {settings.db_path} yet. Add some with "
+    return (f"No posts in {settings.database_label} yet. Add some with "
             "`ragserver ingest path/to/posts/`.")
 
 
@@ -282,7 +284,7 @@ def stats(db, as_json):
         storage.close()
     model = s.model
     figures = {
-        "database": str(settings.db_path), "posts": s.posts, "passages": s.passages,
+        "database": settings.database_label, "posts": s.posts, "passages": s.passages,
         "vectors": s.vectors, "index_rows": s.index_rows, "index_bytes": s.index_bytes,
         "database_bytes": s.db_bytes, "vector_index": s.vector_index,
         "index_generation": s.generation, "index_state": s.index_state,
@@ -294,7 +296,7 @@ def stats(db, as_json):
         click.echo(json.dumps(figures))
         return
     if not s.posts:
-        click.echo(f"No posts in {settings.db_path} yet. Add some with "
+        click.echo(f"No posts in {settings.database_label} yet. Add some with "
                    "`ragserver ingest path/to/posts/`.")
     width = max(len(k) for k in figures)
     for key, value in figures.items():
@@ -333,7 +335,7 @@ def reindex(db, quiet):
             if stored != embedder.info:
                 say(f"re-embedding every passage: {stored.name} -> {embedder.info.name}")
                 count = reembed_all(storage, embedder, settings.commit_rows,
-                                    vector_index=settings.vector_index,
+                                    vector_index=settings.index_kind,
                                     on_batch=lambda n: say(f"  {n} passages re-embedded"))
                 click.echo(f"re-embedded {count} passages with {embedder.info.name}; "
                            f"run `ragserver ingest` on your sources to re-split posts for it; "
@@ -341,9 +343,9 @@ def reindex(db, quiet):
             else:
                 count = storage.rebuild_index(settings.commit_rows,
                                            on_batch=lambda n: say(f"  {n} vectors indexed"),
-                                           vector_index=settings.vector_index)
+                                           vector_index=settings.index_kind)
                 lists = related.refresh(storage)
-                click.echo(f"{settings.vector_index} index rebuilt: {count} vectors; related lists "
+                click.echo(f"{settings.index_kind} index rebuilt: {count} vectors; related lists "
                            f"updated: {lists}; {time.perf_counter() - started:.1f}s")
     finally:
         storage.close()
@@ -370,7 +372,7 @@ def ask(question, db, number, as_json):
     storage = _open(settings, must_exist=True, readonly=True)
     model = None
     try:
-        if storage.count_index_rows() == 0:
+        if storage.index_is_empty():
             raise click.ClickException(_empty_message(storage, settings))
         try:
             model = load_chat_model(settings, serving=False)
@@ -544,7 +546,7 @@ def _print_facts(facts: dict, problem: str) -> None:
         lines.append(("", f"{d['posts']} posts, {d['passages']} passages, {d['vectors']} vectors; "
                           f"{d['index']} index: {d['index_rows']} rows, {d['index_state']}"))
         lines.append(("", f"embedding model {d.get('embedding_model')}: {matches}"))
-        lines.append(("", ", ".join(f"{k} {val}" for k, val in d["sqlite"].items())))
+        lines.append(("", ", ".join(f"{k} {val}" for k, val in d["software"].items())))
     if problem:
         lines.append(("", f"attention: {problem}"))
     width = max(len(k) for k, _ in lines)
@@ -564,3 +566,30 @@ def serve(host, port, debug):
     from . import create_app
 
     create_app().run(host=host, port=port, debug=debug, threaded=True)
+
+
+@cli.command(name="model-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8001, show_default=True, type=int)
+def model_server(host, port):
+    """Serve the configured answer model (RAGSERVER_LLM_MODEL) over an OpenAI-compatible
+    API with llama.cpp's server: one model for every web worker and machine, which then
+    set RAGSERVER_LLM_URL=http://HOST:PORT. Runs until stopped."""
+    import os
+
+    from .llm import LLMError, resolve_gguf
+
+    settings = _settings(None)
+    try:
+        path = resolve_gguf(settings.llm_model, settings.model_dir)
+    except LLMError as error:
+        raise click.ClickException(str(error)) from None
+    if path is None:
+        raise click.ClickException("RAGSERVER_LLM_MODEL is none: there is no model to serve")
+    threads, batch_threads = settings.llm_thread_counts
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", host,
+            "--port", str(port), "--n_ctx", str(settings.llm_context), "--n_threads",
+            str(threads), "--n_threads_batch", str(batch_threads), "--verbose", "false"]
+    click.echo(f"serving {path.name} at http://{host}:{port}/v1 ({threads} threads)", err=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # the server in this process: signals reach it directly

@@ -9,7 +9,6 @@ from pathlib import Path
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 E5_PREFIXES = ("query: ", "passage: ")
-VECTOR_INDEXES = ("vss", "vec")
 # The web server embeds one query at a time on one torch thread: more only spin waiting
 # for busy cores (beside a busy core a query took 22.7 ms on two threads, 8.8 ms on one;
 # bench/bench_threads.py).
@@ -29,7 +28,12 @@ class Settings:
         "Folder for the database and lock file (default: Flask's instance folder).")
     db: str = _setting(
         "RAGSERVER_DB", "",
-        "SQLite database file (default: ragserver.db in the instance folder).")
+        "SQLite database file (default: ragserver.db in the instance folder); a "
+        "postgresql:// URL works here too.")
+    database_url: str = _setting(
+        "RAGSERVER_DATABASE_URL", "",
+        "PostgreSQL database to use instead of a SQLite file: postgresql://user:password@host/"
+        "dbname (the server needs the pgvector extension).")
     embedding_model: str = _setting(
         "RAGSERVER_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL,
         "sentence-transformers model: Hugging Face id or local folder. The default "
@@ -57,9 +61,10 @@ class Settings:
         "Index rows written per transaction (sqlite-vss rewrites its whole index "
         "on every commit, and one huge transaction is quadratic).")
     vector_index: str = _setting(
-        "RAGSERVER_VECTOR_INDEX", "vss",
-        "Vector index for new databases: vss (sqlite-vss) or vec (sqlite-vec). "
-        "`ragserver reindex` switches an existing database to it.")
+        "RAGSERVER_VECTOR_INDEX", "",
+        "Vector index for new SQLite databases: vss (sqlite-vss, the default) or vec "
+        "(sqlite-vec); `ragserver reindex` switches an existing database to it. PostgreSQL "
+        "has one: hnsw (pgvector).")
     max_file_bytes: int = _setting(
         "RAGSERVER_MAX_FILE_BYTES", 5_000_000,
         "Source files or feed entries larger than this are skipped with a warning.")
@@ -132,11 +137,27 @@ class Settings:
         "and related posts (/api/search, /api/related, /related).")
 
     @property
-    def db_path(self) -> Path:
-        """The database file this configuration points at."""
+    def database(self) -> str:
+        """The database this configuration points at: a SQLite file's path, or a URL."""
         if self.db:
-            return Path(self.db).expanduser()
-        return Path(self.instance_path).expanduser() / "ragserver.db"
+            return self.db if "://" in self.db else str(Path(self.db).expanduser())
+        if self.database_url:
+            return self.database_url
+        return str(Path(self.instance_path).expanduser() / "ragserver.db")
+
+    @property
+    def database_label(self) -> str:
+        """The database for messages: its path, or its URL without the password."""
+        from .storage import describe
+
+        return describe(self.database)
+
+    @property
+    def index_kind(self) -> str:
+        """The vector index new databases get: RAGSERVER_VECTOR_INDEX, else the backend's own."""
+        from .storage import vector_indexes
+
+        return self.vector_index or vector_indexes(self.database)[0]
 
     @property
     def origins(self) -> tuple[str, ...]:
@@ -222,12 +243,26 @@ def load_settings(environ=None, **overrides) -> Settings:
         else:
             values[f.name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("db"):  # --db names the database for this command, whatever the environment says
+        values.pop("database_url", None)
     for f in fields(Settings):
         if f.type == "int" and isinstance(values.get(f.name), int) and values[f.name] < 0:
             raise ValueError(f"{f.metadata['env']} cannot be negative, not {values[f.name]}")
     if not values.get("instance_path"):
         values["instance_path"] = default_instance_path()
-    if values.get("vector_index", "vss") not in VECTOR_INDEXES:
-        raise ValueError(f"RAGSERVER_VECTOR_INDEX must be one of {', '.join(VECTOR_INDEXES)}, "
-                         f"not {values['vector_index']!r}")
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_database(settings)
+    return settings
+
+
+def _check_database(settings: Settings) -> None:
+    """Refuse a database URL no backend takes, or an index its backend does not offer."""
+    from .storage import vector_indexes
+
+    if settings.db and settings.database_url and settings.db != settings.database_url:
+        raise ValueError("RAGSERVER_DB and RAGSERVER_DATABASE_URL name two databases; "
+                         "set one of them (or pass --db)")
+    kinds = vector_indexes(settings.database)  # ValueError for an unknown URL scheme
+    if settings.vector_index and settings.vector_index not in kinds:
+        raise ValueError(f"RAGSERVER_VECTOR_INDEX must be one of {', '.join(kinds)} for "
+                         f"{settings.database_label}, not {settings.vector_index!r}")

@@ -154,21 +154,22 @@ def threads(settings: Settings) -> dict:
 
 def database(settings: Settings) -> dict:
     """The database's state: counts, index kind and health, and whether its model matches."""
-    from .storage import NotADatabase, open_storage
+    from .storage import NotADatabase, backend_of, exists, open_storage
 
-    path = settings.db_path
-    facts: dict = {"path": str(path), "exists": path.exists()}
-    if not path.exists():
+    target = settings.database
+    facts: dict = {"path": settings.database_label, "backend": backend_of(target),
+                   "exists": exists(target)}
+    if not facts["exists"]:
         return facts
     try:
-        storage = open_storage(path, readonly=True)
+        storage = open_storage(target, readonly=True)
     except NotADatabase:
         return {**facts, "schema_version": None, "error": "not a ragserver database"}
     except Exception as error:
         return {**facts, "error": str(error)}
     try:
         facts["schema_version"] = storage.get_schema_version()
-        facts["sqlite"] = storage.extension_versions()
+        facts["software"] = storage.extension_versions()
         stats = storage.get_stats()
         facts.update({"posts": stats.posts, "passages": stats.passages,
                       "vectors": stats.vectors, "index": stats.vector_index,

@@ -102,7 +102,7 @@ def retrieve(db: Storage, embedder: Embedder, query: str, k: int = 10, mode: str
     names = MODES[mode]
     if "vector" in names:
         db.check_model(embedder.info)
-        if db.count_index_rows() == 0:
+        if db.index_is_empty():
             return []
     found = Query(query, embedder)
     if len(names) == 1:

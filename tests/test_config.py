@@ -28,17 +28,35 @@ def test_prefix_defaults_and_overrides():
     assert load_settings({"RAGSERVER_PASSAGE_PREFIX": "doc: "}).prefixes == ("", "doc: ")
 
 
-def test_db_path_and_bad_numbers(tmp_path):
-    assert load_settings({"RAGSERVER_INSTANCE_PATH": str(tmp_path)}).db_path == tmp_path / "ragserver.db"
-    assert load_settings({"RAGSERVER_DB": "/x/y.db"}, db="/z.db").db_path.as_posix() == "/z.db"
+def test_database_and_bad_numbers(tmp_path):
+    assert load_settings({"RAGSERVER_INSTANCE_PATH": str(tmp_path)}).database == \
+        str(tmp_path / "ragserver.db")
+    assert load_settings({"RAGSERVER_DB": "/x/y.db"}, db="/z.db").database == "/z.db"
     with pytest.raises(ValueError, match="RAGSERVER_COMMIT_ROWS must be a whole number"):
         load_settings({"RAGSERVER_COMMIT_ROWS": "lots"})
 
 
+def test_database_url_names_the_database_and_hides_its_password():
+    url = "postgresql://blog:s3cret@db.example:5432/blog"
+    settings = load_settings({"RAGSERVER_DATABASE_URL": url})
+    assert settings.database == url and settings.index_kind == "hnsw"
+    assert settings.database_label == "postgresql://blog:***@db.example:5432/blog"
+    assert load_settings({"RAGSERVER_DATABASE_URL": url}, db="/z.db").database == "/z.db"
+    assert load_settings({}, db=url).database == url
+    with pytest.raises(ValueError, match="name two databases"):
+        load_settings({"RAGSERVER_DATABASE_URL": url, "RAGSERVER_DB": "/x.db"})
+    with pytest.raises(ValueError, match=r"no storage backend for mysql://"):
+        load_settings({"RAGSERVER_DATABASE_URL": "mysql://db.example/blog"})
+
+
 def test_unknown_vector_index_is_refused():
-    with pytest.raises(ValueError, match="RAGSERVER_VECTOR_INDEX must be one of vss, vec, not 'faiss'"):
+    with pytest.raises(ValueError, match="RAGSERVER_VECTOR_INDEX must be one of vss, vec for "
+                                         ".*, not 'faiss'"):
         load_settings({"RAGSERVER_VECTOR_INDEX": "faiss"})
-    assert load_settings({"RAGSERVER_VECTOR_INDEX": "vec"}).vector_index == "vec"
+    assert load_settings({"RAGSERVER_VECTOR_INDEX": "vec"}).index_kind == "vec"
+    assert load_settings({}).index_kind == "vss"
+    with pytest.raises(ValueError, match="must be one of hnsw for postgresql://h/b, not 'vss'"):
+        load_settings({"RAGSERVER_VECTOR_INDEX": "vss", "RAGSERVER_DATABASE_URL": "postgresql://h/b"})
 
 
 def test_embedding_backend_comes_from_its_table(monkeypatch):

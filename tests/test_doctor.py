@@ -89,7 +89,7 @@ def test_doctor_reports_what_an_operator_needs(seeded_db):
     db = report["database"]
     assert db["posts"] > 0 and db["index_rows"] == db["vectors"] == db["passages"]
     assert db["index"] == "vss" and db["index_state"] == "ok" and db["embedding_model_matches"]
-    assert db["sqlite"]["sqlite-vss"].startswith("v0.1")
+    assert db["software"]["sqlite-vss"].startswith("v0.1")
     assert [(c["name"], c["ok"]) for c in report["checks"]] == [("embedding model", True),
                                                                 ("answer model", True)]
     assert report["database_problem"] is None

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_posts, ragserver, running_server
+from conftest import (copy_posts, keyword_rows, make_database, ragserver, rows,
+                      running_server)
 from ragserver import create_app
 from ragserver.storage import open_storage
 
@@ -36,41 +37,68 @@ def _start_ingest(posts, db, **env):
 
 
 def _wait_for_lock(proc, db, timeout=120) -> None:
-    """Until `proc` holds the ingest lock: it writes its pid into the lock file once it does.
+    """Until `proc` holds the ingest lock: on SQLite it writes its pid into the lock file once
+    it does; on PostgreSQL its session (named after its pid) holds the advisory lock.
 
-    (Probing with flock would itself hold the lock for an instant and could turn the
-    ingest away.)
+    (Probing with flock or pg_try_advisory_lock would itself hold the lock for an instant
+    and could turn the ingest away.)
     """
-    lock = Path(str(db) + ".lock")
     deadline = time.time() + timeout
-    while not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
+    while not _holds_lock(proc, db):
         assert proc.poll() is None, f"ingest ended before taking the lock: {proc.stderr.read()}"
         assert time.time() < deadline, "ingest never took the lock"
         time.sleep(0.02)
+
+
+def _holds_lock(proc, db) -> bool:
+    if not str(db).startswith("postgresql://"):
+        lock = Path(str(db) + ".lock")
+        return lock.exists() and lock.read_text().strip() == str(proc.pid)
+    import psycopg
+
+    with psycopg.connect(str(db), autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+            (f"ragserver pid {proc.pid}",)).fetchone()[0] > 0
+
+
+def _exists(db) -> bool:
+    """A database is there to check (a PostgreSQL one once an ingest made its tables)."""
+    from ragserver.storage import NotADatabase
+
+    if not str(db).startswith("postgresql://"):
+        return Path(db).exists()
+    try:
+        open_storage(db, readonly=True).close()
+    except NotADatabase:
+        return False
+    return True
 
 
 def check_consistent(path) -> dict:
     """Assert what must hold after any crash; return the counts."""
     conn = open_storage(path)
     try:
-        assert conn.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        one = lambda sql: conn.conn.execute(sql).fetchone()[0]  # noqa: E731
+        one = lambda sql: rows(conn, sql)[0][0]  # noqa: E731
+        if conn.kind == "sqlite":
+            assert one("PRAGMA integrity_check") == "ok"
+            assert one("SELECT count(*) FROM embeddings WHERE CAST(id AS INTEGER) NOT IN "
+                       "(SELECT id FROM passages)") == 0
         n = {"posts": one("SELECT count(*) FROM posts"),
              "passages": one("SELECT count(*) FROM passages"),
              "vectors": conn.count_vectors(), "index": conn.count_index_rows(),
-             "fts": one("SELECT count(*) FROM passages_fts")}
+             "fts": keyword_rows(conn)}
         assert n["passages"] == n["vectors"] == n["index"] == n["fts"], n
         assert one("SELECT count(*) FROM passages WHERE post_id NOT IN (SELECT id FROM posts)") == 0
-        assert one("SELECT count(*) FROM embeddings WHERE CAST(id AS INTEGER) NOT IN "
-                   "(SELECT id FROM passages)") == 0
         assert one("SELECT count(*) FROM (SELECT post_id, position FROM passages "
-                   "GROUP BY 1, 2 HAVING count(*) > 1)") == 0
+                   "GROUP BY 1, 2 HAVING count(*) > 1) AS twice") == 0
         assert one("SELECT count(*) FROM post_vectors WHERE post_id NOT IN (SELECT id FROM posts)") == 0
         assert one("SELECT count(*) FROM related_posts WHERE related_id NOT IN "
                    "(SELECT id FROM posts) OR post_id NOT IN (SELECT id FROM posts)") == 0
         if n["index"]:  # the index answers, and with passages that exist
-            vector = np.frombuffer(one("SELECT embedding FROM embeddings LIMIT 1"), "<f4")
-            assert conn.search_index(vector, 5)
+            first = one("SELECT min(id) FROM passages")
+            assert conn.search_index(conn.passage_vectors([first])[first], 5)
         return n
     finally:
         conn.close()
@@ -81,13 +109,12 @@ def snapshot(path):
     counts = check_consistent(path)
     conn = open_storage(path)
     try:
-        posts = conn.conn.execute("SELECT source, title, url, content_hash FROM posts "
-                             "ORDER BY source").fetchall()
-        passages = conn.conn.execute(
-            "SELECT o.source, p.position, p.anchor, p.text, p.content_hash, e.embedding "
-            "FROM passages p JOIN posts o ON o.id = p.post_id "
-            "JOIN embeddings e ON e.id = CAST(p.id AS TEXT) ORDER BY o.source, p.position").fetchall()
-        return posts, passages, counts
+        posts = sorted(rows(conn, "SELECT source, title, url, content_hash FROM posts"))
+        passages = sorted(rows(conn, "SELECT o.source, p.position, p.anchor, p.text, "
+                                     "p.content_hash, p.id FROM passages p "
+                                     "JOIN posts o ON o.id = p.post_id"))
+        vectors = conn.passage_vectors([row[5] for row in passages])
+        return posts, [(*row[:5], vectors[row[5]]) for row in passages], counts
     finally:
         conn.close()
 
@@ -99,15 +126,15 @@ def assert_same_as(path, clean) -> None:
     assert counts == clean_counts
     assert [row[:5] for row in passages] == [row[:5] for row in clean_passages]
     for a, b in zip(passages, clean_passages):
-        assert np.allclose(np.frombuffer(a[5], "<f4"), np.frombuffer(b[5], "<f4"), atol=1e-4)
+        assert np.allclose(a[5], b[5], atol=1e-4)
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory):
+def clean(request, backend, tmp_path_factory):
     """A snapshot of the topics ingested in one uninterrupted run, and its seconds after the lock."""
     root = tmp_path_factory.mktemp("clean")
     posts = copy_posts(root / "posts", TOPICS)
-    db = root / "clean.db"
+    db = make_database(request, backend, root, "clean")
     proc = _start_ingest(posts, db)
     _wait_for_lock(proc, db)
     started = time.monotonic()
@@ -132,14 +159,14 @@ def _change_the_blog(posts, rng, trial, hidden, aside):
     return hide
 
 
-def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(tmp_path, clean):
+def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(tmp_path, clean, new_database):
     """Ten SIGKILLs at random moments of ingests that add, re-embed and prune posts."""
     clean_snapshot, clean_seconds = clean
     rng = random.Random(SEED)
     posts = copy_posts(tmp_path / "posts", TOPICS)
     aside = tmp_path / "aside"
     aside.mkdir()
-    db = tmp_path / "killed.db"
+    db = new_database
     hidden, kills, finished, trial = [], 0, 0, 0
     estimate = clean_seconds  # how long a run lasts after taking the lock: the last whole run's time
     while kills < KILLS:
@@ -161,7 +188,7 @@ def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(tmp_path, clean):
             kills += 1
         proc.stdout.close()
         proc.stderr.close()
-        if db.exists():
+        if _exists(db):
             check_consistent(db)
     # The blog as it was: every edit undone, every post back. A rerun must converge.
     shutil.rmtree(posts)
@@ -173,9 +200,9 @@ def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(tmp_path, clean):
     assert "0 added, 0 updated, 58 unchanged, 0 deleted" in again.stdout, (kills, finished)
 
 
-def test_second_concurrent_ingest_exits_clearly(tmp_path):
+def test_second_concurrent_ingest_exits_clearly(tmp_path, new_database):
     posts = copy_posts(tmp_path / "posts", TOPICS)
-    db = tmp_path / "lock.db"
+    db = new_database
     first = _start_ingest(posts, db)
     try:
         _wait_for_lock(first, db)
@@ -304,15 +331,18 @@ def test_broken_database_and_models_get_clear_errors_never_tracebacks(tmp_path, 
     assert api.status_code == 503 and "The search model cannot be loaded" in api.get_json()["error"]
 
 
-def test_server_answers_during_an_ingest_and_serves_new_posts_without_restart(tmp_path):
+def test_server_answers_during_an_ingest_and_serves_new_posts_without_restart(
+        tmp_path, new_database, backend):
     """Searches keep succeeding while another process ingests; the new posts appear after
-    its commits with no restart (the sqlite-vss readers reopen)."""
+    its commits with no restart (the sqlite-vss readers reopen; PostgreSQL readers see
+    every commit). On PostgreSQL the server runs two workers, as a scaled site would."""
     posts = copy_posts(tmp_path / "posts", ["sqlite"])
-    db = tmp_path / "live.db"
+    db = new_database
     ragserver("ingest", posts, "--db", db, "--quiet", check=True)
     new_title = "Running a uv script with inline dependencies"  # what a uv post answers
     query = urllib.parse.urlencode({"q": new_title, "n": 3})
-    with running_server(db, tmp_path / "server.log") as url:
+    workers = {"WEB_CONCURRENCY": "2" if backend == "postgresql" else "1"}
+    with running_server(db, tmp_path / "server.log", workers) as url:
         before = json.load(urllib.request.urlopen(f"{url}/api/search?{query}", timeout=60))
         assert not any(r["source"].startswith("uv/") for r in before["results"])
         copy_posts(posts, ["uv"])

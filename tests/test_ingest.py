@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CORPUS, MODEL
+from conftest import CORPUS, MODEL, keyword_rows, rows
 from ragserver.ingest.chunking import embedding_text
 from ragserver.ingest.pipeline import Ingester, reembed_all
 from ragserver.ingest.sources import open_source
@@ -26,10 +26,10 @@ def run_ingest(conn, embedder, *specs, prune=None, commit_rows=1000):
 
 def counts(conn):
     return {
-        "posts": conn.conn.execute("SELECT count(*) FROM posts").fetchone()[0],
-        "passages": conn.conn.execute("SELECT count(*) FROM passages").fetchone()[0],
+        "posts": rows(conn, "SELECT count(*) FROM posts")[0][0],
+        "passages": rows(conn, "SELECT count(*) FROM passages")[0][0],
         "vectors": conn.count_vectors(),
-        "fts": conn.conn.execute("SELECT count(*) FROM passages_fts").fetchone()[0],
+        "fts": keyword_rows(conn),
         "index": conn.count_index_rows(),
     }
 
@@ -41,6 +41,15 @@ def test_first_ingest_stores_everything_consistently(db, embedder, posts_dir):
     c = counts(db)
     assert c["posts"] == n_posts
     assert c["passages"] == c["vectors"] == c["fts"] == c["index"] == summary.embedded > n_posts
+    vectors = db.passage_vectors([p.id for p in db.passages_for_post(db.list_posts()[0].id)])
+    assert all(v.shape == (384,) and abs(np.linalg.norm(v) - 1) < 1e-4 for v in vectors.values())
+    info = db.get_model_info()
+    assert (info.name, info.dimension) == (MODEL, 384)
+
+
+@pytest.mark.backends("sqlite")
+def test_sqlite_file_holds_llm_compatible_vectors(db, embedder, posts_dir):
+    run_ingest(db, embedder, posts_dir)
     assert db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # Vectors: little-endian float32, unit length, the model's dimension.
     blob, metadata, content = db.conn.execute(
@@ -56,21 +65,21 @@ def test_first_ingest_stores_everything_consistently(db, embedder, posts_dir):
 
 def test_rerun_embeds_nothing(db, embedder, posts_dir):
     first = run_ingest(db, embedder, posts_dir)
-    ids = db.conn.execute("SELECT id, content_hash FROM passages ORDER BY id").fetchall()
+    ids = rows(db, "SELECT id, content_hash FROM passages ORDER BY id")
     generation = db.get_generation()
     again = run_ingest(db, embedder, posts_dir)
     assert (again.added, again.updated, again.deleted, again.embedded) == (0, 0, 0, 0)
     assert again.unchanged == first.added
-    assert db.conn.execute("SELECT id, content_hash FROM passages ORDER BY id").fetchall() == ids
+    assert rows(db, "SELECT id, content_hash FROM passages ORDER BY id") == ids
     assert db.get_generation() == generation  # readers need not reopen
 
 
 def test_editing_one_post_reembeds_only_its_changed_passages(db, embedder, posts_dir):
     run_ingest(db, embedder, posts_dir)
     post = posts_dir / "sqlite" / "enabling-wal-mode.md"
-    others_before = db.conn.execute(
-        "SELECT p.id, p.content_hash FROM passages p JOIN posts o ON o.id = p.post_id "
-        "WHERE o.source != 'sqlite/enabling-wal-mode.md' ORDER BY p.id").fetchall()
+    others_before = rows(
+        db, "SELECT p.id, p.content_hash FROM passages p JOIN posts o ON o.id = p.post_id "
+        "WHERE o.source != 'sqlite/enabling-wal-mode.md' ORDER BY p.id")
     post_id = db.get_post("sqlite/enabling-wal-mode.md").id
     before = {p.content_hash: p.id for p in db.passages_for_post(post_id)}
     added = ("\n\nI later found that `PRAGMA wal_checkpoint(TRUNCATE);` shrinks the write-ahead "
@@ -83,9 +92,9 @@ def test_editing_one_post_reembeds_only_its_changed_passages(db, embedder, posts
     assert kept and all(before[p.content_hash] == p.id for p in kept)  # same rows, no re-embed
     assert summary.embedded == len(after) - len(kept) <= 2
     assert any("wal_checkpoint(TRUNCATE)" in p.text for p in after)
-    others_after = db.conn.execute(
-        "SELECT p.id, p.content_hash FROM passages p JOIN posts o ON o.id = p.post_id "
-        "WHERE o.source != 'sqlite/enabling-wal-mode.md' ORDER BY p.id").fetchall()
+    others_after = rows(
+        db, "SELECT p.id, p.content_hash FROM passages p JOIN posts o ON o.id = p.post_id "
+        "WHERE o.source != 'sqlite/enabling-wal-mode.md' ORDER BY p.id")
     assert others_after == others_before
     c = counts(db)
     assert c["passages"] == c["vectors"] == c["fts"] == c["index"]
@@ -101,11 +110,15 @@ def test_deleted_post_is_pruned_with_everything_derived(db, embedder, posts_dir)
     summary = run_ingest(db, embedder, posts_dir)
     assert summary.deleted == 1 and db.get_post(gone.source) is None
     marks = ",".join("?" * len(gone_ids))
-    for table, column in [("passages", "id"), ("passages_fts", "rowid"), ("vss_passages_data", "rowid")]:
-        assert db.conn.execute(f"SELECT count(*) FROM {table} WHERE {column} IN ({marks})",
-                          gone_ids).fetchone()[0] == 0, table
-    assert db.conn.execute(f"SELECT count(*) FROM embeddings WHERE id IN ({marks})",
-                      [str(i) for i in gone_ids]).fetchone()[0] == 0
+    derived = [("passages", "id")]
+    if db.kind == "sqlite":  # its words, vectors and index rows live in tables of their own
+        derived += [("passages_fts", "rowid"), ("vss_passages_data", "rowid")]
+        assert rows(db, f"SELECT count(*) FROM embeddings WHERE id IN ({marks})",
+                    [str(i) for i in gone_ids])[0][0] == 0
+    for table, column in derived:
+        assert rows(db, f"SELECT count(*) FROM {table} WHERE {column} IN ({marks})",
+                    gone_ids)[0][0] == 0, table
+    assert db.passage_vectors(gone_ids) == {}
     c = counts(db)
     assert c["passages"] == c["vectors"] == c["fts"] == c["index"]
     hits = search_passages(db, embedder, "The simplest recursive CTE", 20)
@@ -154,8 +167,8 @@ def test_prefixes_are_applied_when_embedding_and_never_stored(tmp_path, embedder
     conn.close()
 
 
-def test_other_model_is_refused_then_reindex_switches(tmp_path, embedder, posts_dir):
-    conn = open_storage(tmp_path / "m.db", create=True)
+def test_other_model_is_refused_then_reindex_switches(new_database, embedder, posts_dir):
+    conn = open_storage(new_database, create=True)
     run_ingest(conn, embedder, posts_dir)
     other = SentenceTransformerEmbedder(MODEL, "query: ", "passage: ")
     with pytest.raises(ModelMismatchError, match="ragserver reindex"):
@@ -211,12 +224,11 @@ def test_sqlite_vec_index_answers_like_sqlite_vss_and_reindex_switches(tmp_path,
     assert search_passages(conn, embedder, query, 8) == []  # an empty vec0 index is fine too
 
 
-def test_searching_an_empty_database_does_not_crash(tmp_path, embedder):
-    conn = open_storage(tmp_path / "empty.db", create=True)
+def test_searching_an_empty_database_does_not_crash(new_database, embedder):
+    conn = open_storage(new_database, create=True)
     assert search_passages(conn, embedder, "anything", 5) == []
-    conn.conn.execute("BEGIN")
-    conn.set_model_info(embedder.info)
-    conn.conn.execute("COMMIT")
+    with conn.transaction():
+        conn.set_model_info(embedder.info)
     assert search_passages(conn, embedder, "anything", 5) == []
     conn.close()
 
@@ -250,6 +262,7 @@ def test_commits_in_batches_of_commit_rows(db, embedder, posts_dir):
     assert c["passages"] == c["vectors"] == c["index"]
 
 
+@pytest.mark.backends("sqlite")
 def test_llm_similar_reads_the_passages_collection(db, embedder, posts_dir, tmp_path):
     llm = shutil.which("llm") or str(__import__("pathlib").Path(sys.executable).parent / "llm")
     run_ingest(db, embedder, posts_dir)

@@ -183,3 +183,18 @@ def test_hanging_up_mid_answer_frees_the_model(server):
         time.sleep(0.1)
     status, _, events = _ask_over_http(server)
     assert status == 200 and events[-1][0] == "done"
+
+
+def test_postgres_workers_share_rate_limits_where_sqlite_workers_count_alone(seeded_db, embedder):
+    """Two apps are two workers (or machines): on PostgreSQL a client's searches count in
+    the database, so its fourth search is refused whichever worker gets it."""
+    from conftest import forget_rate_limits
+    from ragserver import create_app
+
+    forget_rate_limits(seeded_db)
+    workers = [create_app({"db": str(seeded_db), "search_rate": 3}, embedder=embedder)
+               for _ in range(2)]
+    codes = [workers[n % 2].test_client().get("/api/search?q=wal+mode").status_code
+             for n in range(4)]
+    shared = not str(seeded_db).startswith("/")  # a URL: PostgreSQL
+    assert codes == ([200, 200, 200, 429] if shared else [200, 200, 200, 200])

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import CORPUS, copy_posts, ragserver
+from conftest import CORPUS, clone_database, copy_posts, make_database, ragserver
 from ragserver.ingest.pipeline import Ingester
 from ragserver.ingest.sources import open_source
 from ragserver import create_app, related
@@ -41,31 +41,32 @@ def assert_same_lists(got, want):
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory, embedder):
+def pristine(request, backend, tmp_path_factory, embedder):
     """Two topics of real posts (sqlite, python: 58 posts) ingested once, kept as a template."""
     root = tmp_path_factory.mktemp("related")
     posts = copy_posts(root / "posts", ["sqlite", "python"])
     shutil.copytree(posts, root / "pristine")
-    conn = open_storage(root / "blog.db", create=True)
+    target = make_database(request, backend, root, "blog")
+    conn = open_storage(target, create=True)
     first = Ingester(conn, embedder).run([open_source(str(posts), base_url=BASE)])
-    conn.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if conn.kind == "sqlite":
+        conn.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the whole database in the file
     conn.close()
-    return root, first
+    return root, target, first
 
 
 @pytest.fixture
-def blog(pristine, embedder, tmp_path):
+def blog(request, pristine, embedder, tmp_path):
     """The pristine posts and database, restored for each test: (posts, conn, ingest, first run).
 
     The posts stay at the path they were first ingested from (a folder's posts are
     pruned by that path).
     """
-    root, first = pristine
+    root, template, first = pristine
     posts = root / "posts"
     shutil.rmtree(posts)
     shutil.copytree(root / "pristine", posts)
-    shutil.copy(root / "blog.db", tmp_path / "blog.db")
-    conn = open_storage(tmp_path / "blog.db")
+    conn = open_storage(clone_database(request, template, tmp_path, "blog"))
 
     def ingest():
         return Ingester(conn, embedder).run([open_source(str(posts), base_url=BASE)])
@@ -124,8 +125,8 @@ def test_reindex_fills_in_lists_a_database_lacks(blog):
     with conn.transaction():
         conn.conn.execute("DELETE FROM post_vectors")
         conn.conn.execute("DELETE FROM related_posts")
-    path = conn.conn.execute("PRAGMA database_list").fetchone()[2]
-    result = ragserver("reindex", "--db", path, "--quiet", check=True)
+    target = conn.url if conn.kind == "postgresql" else conn.path
+    result = ragserver("reindex", "--db", target, "--quiet", check=True)
     assert "related lists updated: 58;" in result.stdout
     assert len(lists_by_source(conn)) == 58
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -23,13 +24,14 @@ def _free_port() -> int:
 
 
 def start_llama_server(log_path):
-    """python -m llama_cpp.server with the same SmolLM2 file, on 127.0.0.1; (process, url)."""
+    """`ragserver model-server` (llama_cpp.server) with the same SmolLM2 file, on 127.0.0.1,
+    as the Procfile's llm: process runs it; (process, url)."""
     port = _free_port()
     log = open(log_path, "w+")
+    env = {**os.environ, "RAGSERVER_LLM_MODEL": "smollm2", "RAGSERVER_LLM_CONTEXT": "4096"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_gguf()),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--verbose", "false"],
-        stdout=log, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-m", "ragserver", "model-server", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:

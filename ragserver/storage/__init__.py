@@ -21,13 +21,17 @@ from .records import (BackendUnavailable, CannotWrite, ExamplePost, Hit, IngestL
 __all__ = ["BACKENDS", "BackendUnavailable", "CannotWrite", "ExamplePost", "Hit", "IngestLocked",
            "KeptPassage", "ModelInfo", "ModelMismatchError", "NewPassage", "NewPost",
            "NotADatabase", "Post", "RelatedPost", "Stats", "Storage", "StoredPassage",
-           "database_errors", "open_storage", "writer_lock"]
+           "database_errors", "describe", "exists", "open_storage", "shared_rate_limits", "vector_indexes",
+           "writer_lock"]
 
 # URL scheme -> "module:class". A target without a scheme is a SQLite file path. The class
-# is called with the whole target (path or URL) and readonly=, create=; its static
-# writer_lock(target) guards writers.
+# is called with the whole target (path or URL) and readonly=, create=; its static methods
+# writer_lock(target) guard writers, exists(target) and describe(target) (no password) serve
+# messages; VECTOR_INDEXES names its kinds of vector index, the default first.
 BACKENDS = {
     "sqlite": "ragserver.storage.sqlite:SQLiteStorage",
+    "postgresql": "ragserver.storage.postgres:PostgresStorage",
+    "postgres": "ragserver.storage.postgres:PostgresStorage",
 }
 
 
@@ -39,6 +43,7 @@ class Storage(Protocol):
     """
 
     kind: str  # the BACKENDS key
+    VECTOR_INDEXES: tuple[str, ...]  # kinds of vector index it offers, the default first
     errors: tuple[type[BaseException], ...]  # what a failing database raises
 
     @property
@@ -58,7 +63,9 @@ class Storage(Protocol):
     def set_vector_index(self, kind: str) -> None: ...
     def get_generation(self) -> int: ...
     def bump_generation(self) -> None: ...
+    def count_vectors(self) -> int: ...
     def count_index_rows(self) -> int: ...
+    def index_is_empty(self) -> bool: ...  # checked before every vector search: cheap
     def rebuild_index(self, commit_rows: int = 1000, on_batch: Callable[[int], None] | None = None,
                       vector_index: str | None = None) -> int: ...
 
@@ -113,6 +120,27 @@ def backend_of(target: str | Path) -> str:
 def _backend_class(name: str):
     module, _, cls = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def exists(target: str | Path) -> bool:
+    """False when the target certainly holds no database yet (a missing SQLite file)."""
+    return _backend_class(backend_of(target)).exists(str(target))
+
+
+def describe(target: str | Path) -> str:
+    """The target for messages: a path, or a URL without its password."""
+    return _backend_class(backend_of(target)).describe(str(target))
+
+
+def vector_indexes(target: str | Path) -> tuple[str, ...]:
+    """The kinds of vector index the target's backend offers, its default first."""
+    return _backend_class(backend_of(target)).VECTOR_INDEXES
+
+
+def shared_rate_limits(target: str | Path):
+    """Rate limit buckets shared by every web worker of this database (an object with
+    take(name, key, per_minute) -> seconds to wait), or None where each worker counts alone."""
+    return _backend_class(backend_of(target)).shared_rate_limits(str(target))
 
 
 def writer_lock(target: str | Path) -> AbstractContextManager:

@@ -108,6 +108,7 @@ class SQLiteStorage:
 
     kind = "sqlite"
     errors = database_errors()
+    VECTOR_INDEXES = tuple(INDEXES)
 
     def __init__(self, path: str | Path, *, readonly: bool = False, create: bool = False):
         self.path = _file(path)
@@ -135,6 +136,21 @@ class SQLiteStorage:
     def writer_lock(path: str | Path):
         """The lock every writer of this database holds (a lock file beside it)."""
         return writer_lock(_file(path))
+
+    @staticmethod
+    def shared_rate_limits(path: str | Path) -> None:
+        """None: one machine serves a SQLite file, and its workers count in their own memory."""
+        return None
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """True when the database file is there."""
+        return _file(path).exists()
+
+    @staticmethod
+    def describe(path: str | Path) -> str:
+        """The file's path."""
+        return str(_file(path))
 
     @property
     def location(self) -> str:
@@ -372,6 +388,10 @@ class SQLiteStorage:
         if not self.index_exists():
             return 0
         return self._sql(self.vector_index().count).fetchone()[0]
+
+    def index_is_empty(self) -> bool:
+        """True when a search of the vector index can find nothing (sqlite-vss must not be asked)."""
+        return self.count_index_rows() == 0
 
     def iter_vectors(self, batch: int = 1000):
         """Yield lists of (passage id, blob) from the embeddings table, in id order."""

@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from ..answer import Event, Options, answer
-from ..storage import database_errors
+from ..storage import database_errors, exists
 from ..embedder import EmbedderError
 from ..llm import LLMError
 from ..render import checked_answer
@@ -33,7 +33,7 @@ def _events(question: str, history: list[dict], stop=None):
     """answer() with the app's models, readers and settings."""
     svc = services()
     settings = svc.settings
-    if not settings.db_path.exists():
+    if not exists(settings.database):
         yield Event("error", {"message": "No posts have been ingested yet: run "
                                          "`ragserver ingest SOURCE...` first."})
         return
@@ -77,7 +77,7 @@ def example_question(title: str) -> str:
 def _example_questions(n: int) -> list[str]:
     """Questions from the n most recent posts; none when the database is missing, empty or busy."""
     svc = services()
-    if not svc.settings.db_path.exists():
+    if not exists(svc.settings.database):
         return []
     try:
         with svc.reading() as conn:

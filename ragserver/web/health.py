@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from ..storage import open_storage
+from ..storage import backend_of, exists, open_storage
 from ..llm import LLMError, resolve_gguf
 from .services import services
 
@@ -15,25 +15,25 @@ bp = Blueprint("health", __name__)
 def healthz():
     """Database and index status as JSON; 503 when the database is missing or unreadable."""
     settings = current_app.config["RAGSERVER"]
-    path = settings.db_path
-    if not path.exists():
-        return jsonify(status="no database", database=str(path),
+    where = {"database": settings.database_label, "backend": backend_of(settings.database)}
+    if not exists(settings.database):
+        return jsonify(status="no database", **where,
                        hint="run `ragserver ingest SOURCE...`"), 503
     try:
-        storage = open_storage(path, readonly=True)
+        storage = open_storage(settings.database, readonly=True)
         try:
             stats = storage.get_stats()
         finally:
             storage.close()
-    except Exception as error:  # corrupt or unreadable file: report, never a traceback
-        return jsonify(status="database error", database=str(path), error=str(error)), 503
+    except Exception as error:  # corrupt or unreadable file, server down: report, no traceback
+        return jsonify(status="database error", **where, error=str(error)), 503
     index_ok = stats.index_rows == stats.vectors and stats.index_state == "ok"
     llm, llm_ok = _llm_status(settings)
     model = stats.model
     status = ("ok" if index_ok and llm_ok else
               "index incomplete: run `ragserver reindex`" if not index_ok else "answer model missing")
     return jsonify(
-        status=status, database=str(path), posts=stats.posts, passages=stats.passages,
+        status=status, **where, vector_index=stats.vector_index, posts=stats.posts, passages=stats.passages,
         vectors=stats.vectors, index_rows=stats.index_rows,
         embedding_model=model.name if model else None, llm=llm,
     ), (200 if status == "ok" else 503)

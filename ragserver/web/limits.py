@@ -1,7 +1,9 @@
-"""Per-client rate limits: a token bucket per client address, in this process's memory."""
+"""Per-client rate limits: a token bucket per client address, in this process's memory or,
+with PostgreSQL, in the database, shared by every worker and machine."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -17,8 +19,10 @@ class RateLimit:
     stays bounded by the clients of the last minute.
     """
 
-    def __init__(self, per_minute: int, clock=time.monotonic):
+    def __init__(self, per_minute: int, clock=time.monotonic, *, shared=None, name: str = ""):
         self.per_minute = per_minute
+        self.shared = shared  # storage's shared buckets (see storage.shared_rate_limits), or None
+        self.name = name
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
         self._lock = threading.Lock()
@@ -28,6 +32,12 @@ class RateLimit:
         """0 when `key` may go ahead (and it is counted), else seconds until it may."""
         if self.per_minute <= 0:
             return 0.0
+        if self.shared is not None:
+            try:
+                return self.shared.take(self.name, key, self.per_minute)
+            except Exception as error:  # the database is down: count here, in this worker
+                logging.getLogger("ragserver.web").warning(
+                    "shared rate limits unavailable (%s); counting in this worker", error)
         rate = self.per_minute / 60.0
         with self._lock:
             now = self._clock()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 
 from werkzeug.exceptions import ServiceUnavailable
 
@@ -20,8 +19,8 @@ READER_WAIT = 30  # seconds a request waits for a connection before a 503
 class ReaderPool:
     """Up to READERS readers of the database, opened when first needed and reused."""
 
-    def __init__(self, db_path: Path):
-        self.db_path = db_path
+    def __init__(self, database: str):
+        self.database = database
         self._idle: queue.LifoQueue[Storage] = queue.LifoQueue()
         self._lendable = threading.BoundedSemaphore(READERS)
 
@@ -42,7 +41,7 @@ class ReaderPool:
             try:
                 reader = self._idle.get_nowait()
             except queue.Empty:
-                reader = open_storage(self.db_path, readonly=True)
+                reader = open_storage(self.database, readonly=True)
             reader.refresh()
             yield reader
         except database_errors():

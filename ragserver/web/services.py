@@ -14,6 +14,7 @@ from ..config import QUERY_EMBED_THREADS, Settings
 from ..embedder import CachedQueries
 from ..gate import Gate
 from ..llm import load_chat_model
+from ..storage import shared_rate_limits
 from .conversations import Conversations
 from .limits import RateLimit
 from .pool import ReaderPool
@@ -27,11 +28,12 @@ class Services:
         self._embedder = embedder
         self._llm = llm
         self._load_lock = threading.Lock()
-        self.pool = ReaderPool(settings.db_path)
+        self.pool = ReaderPool(settings.database)
         self.gate = Gate(settings.max_waiting)
         self.conversations = Conversations()
-        self.ask_limit = RateLimit(settings.ask_rate)
-        self.search_limit = RateLimit(settings.search_rate)
+        shared = shared_rate_limits(settings.database)
+        self.ask_limit = RateLimit(settings.ask_rate, shared=shared, name="ask")
+        self.search_limit = RateLimit(settings.search_rate, shared=shared, name="search")
 
     def embedder(self):
         """The embedding model, loaded on first use."""
