@@ -47,6 +47,7 @@ SEARCH_K = 100  # passages a vector search asks storage for (retrieve.CANDIDATES
 WORKERS = (1, 4)
 CLIENTS = 4
 TARGET_RECALL = 0.95
+SQLITE_EVERY = 4  # the SQLite indexes are exact: every 4th query for their in-process figures
 
 
 def _p(values: list[float]) -> str:
@@ -114,6 +115,8 @@ def measure_backend(kind: str, size: int, queries) -> dict:
 
     built = build(kind, size)
     truth = exact_top(size)
+    if kind != "pg":  # exact scans: every 4th query is enough (recall is 1 by construction)
+        queries, truth = queries[::SQLITE_EVERY], truth[::SQLITE_EVERY]
     conn = open_storage(target(kind, size), readonly=True)
     stats = conn.get_stats()
     conn.search_index(queries[0], SEARCH_K)  # loads a sqlite-vss index into the connection
@@ -126,7 +129,7 @@ def measure_backend(kind: str, size: int, queries) -> dict:
     result = {"build": built, "search_index_k100": _ms(seconds),
               "recall": float(recall(found, truth).mean()), "passages": stats.passages,
               "db_bytes": stats.db_bytes, "index_bytes": stats.index_bytes,
-              "returned": int(np.median([len(f) for f in found]))}
+              "queries": len(queries)}
     if kind == "pg":
         result["ef_search"] = conn.conn.execute("SHOW hnsw.ef_search").fetchone()[0]
         result["iterative_scan"] = conn.conn.execute("SHOW hnsw.iterative_scan").fetchone()[0]
@@ -365,15 +368,16 @@ def report(data: dict, sizes) -> str:
         kind, size = name.split("-")
         bare = r.get("index_top10")
         rows.append([{"pg": "PostgreSQL HNSW", "vss": "sqlite-vss", "vec": "sqlite-vec"}[kind],
-                     f"{int(size):,}",
+                     f"{int(size):,}", r["queries"],
                      f"{r['search_index_k100']['p50_ms']:.1f} / {r['search_index_k100']['p95_ms']:.1f}",
                      f"{r['recall']:.3f}",
                      f"{bare['p50_ms']:.1f} / {bare['p95_ms']:.1f} ({bare['recall']:.3f})" if bare
                      else f"ef_search {r['ef_search']}, iterative {r['iterative_scan']}"])
     parts.append(f"In-process through the storage backend: `search_index(vector, {SEARCH_K})` "
                  "(the index query plus fetching the passages), recall@10 of its first 10; for "
-                 "SQLite also the bare index query for the top 10.\n\n" + table(
-                     ["index", "passages", f"search_index k={SEARCH_K} p50 / p95 ms",
+                 "SQLite also the bare index query for the top 10. The SQLite indexes scan "
+                 f"exactly, so they get every {SQLITE_EVERY}th query.\n\n" + table(
+                     ["index", "passages", "queries", f"search_index k={SEARCH_K} p50 / p95 ms",
                       "recall@10", "bare top-10 query p50 / p95 ms (recall) / settings"], rows))
 
     # served
