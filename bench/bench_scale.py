@@ -66,33 +66,54 @@ def _mb(n: float) -> str:
 # -- 1. pgvector alone ----------------------------------------------------------------
 
 def measure_pgvector(sizes, queries, kinds, quick: bool) -> dict:
+    """Recall and latency of every (size, ef_search), each query through all of them in turn
+    (so that load from elsewhere on the machine falls on all alike)."""
     import scale_pg
     from scale_builds import pgvector
     from scale_data import exact_top, recall
 
-    out = {}
+    built = {size: pgvector(size) for size in sizes}
+    truth = {size: exact_top(size) for size in sizes}
+    conns = {}
     for size in sizes:
-        built = pgvector(size)
-        truth = exact_top(size)
-        conn = scale_pg.connect()
-        plan = scale_pg.explain(conn, size, queries[0])
-        assert "hnsw" in plan, plan
-        scale_pg.search(conn, size, queries, EF_SEARCH[-1])  # warm: pages into shared_buffers
+        for ef in EF_SEARCH:
+            conn = scale_pg.connect()
+            assert "hnsw" in scale_pg.explain(conn, size, queries[0])
+            conn.execute(f"SET hnsw.ef_search = {ef}")
+            conn.execute("SET enable_seqscan = off")  # the index, however small the table
+            conns[size, ef] = conn
+    sql = {size: f"SELECT id FROM {scale_pg.table_name(size)} ORDER BY embedding <=> %s LIMIT 10"
+           for size in sizes}
+    for size in sizes:  # warm: the table and index pages into shared_buffers
+        scale_pg.search(conns[size, EF_SEARCH[-1]], size, queries, EF_SEARCH[-1])
+    seconds = {key: [] for key in conns}
+    found = {key: [] for key in conns}
+    for q in queries:
+        for (size, ef), conn in conns.items():
+            started = time.perf_counter()
+            rows = conn.execute(sql[size], (q,), prepare=True).fetchall()
+            seconds[size, ef].append(time.perf_counter() - started)
+            found[size, ef].append([r[0] - 1 for r in rows])
+    for conn in conns.values():
+        conn.close()
+    out = {}
+    is_passage = np.array(kinds) == "passage"
+    for size in sizes:
         runs = {}
         for ef in EF_SEARCH:
-            seconds, found = scale_pg.search(conn, size, queries, ef)
-            hits = recall(found, truth)
+            hits = recall(found[size, ef], truth[size])
             runs[ef] = {"recall": float(hits.mean()),
-                        "recall_passages": float(hits[np.array(kinds) == "passage"].mean()),
-                        "recall_titles": float(hits[np.array(kinds) == "title"].mean()),
+                        "recall_passages": float(hits[is_passage].mean()),
+                        "recall_titles": float(hits[~is_passage].mean()),
                         "recall_min": float(hits.min()),
-                        "queries_below_0.8": int((hits < 0.8).sum()), **_ms(seconds)}
+                        "queries_below_0.8": int((hits < 0.8).sum()), **_ms(seconds[size, ef])}
+        conn = scale_pg.connect()
         few = queries[:10 if quick else 20]
-        seconds, found = scale_pg.search(conn, size, few, None, exact=True)
-        exact = {"recall": float(recall(found, truth[:len(few)]).mean()), **_ms(seconds),
-                 "queries": len(few)}
+        took, exact_found = scale_pg.search(conn, size, few, None, exact=True)
         conn.close()
-        out[size] = {"build": built, "ef": runs, "exact_scan": exact}
+        exact = {"recall": float(recall(exact_found, truth[size][:len(few)]).mean()),
+                 **_ms(took), "queries": len(few)}
+        out[size] = {"build": built[size], "ef": runs, "exact_scan": exact}
     return out
 
 
@@ -126,17 +147,57 @@ def chosen_ef(pg: dict, size: int) -> int:
                 EF_SEARCH[-1])
 
 
-def measure_backend(kind: str, size: int, queries, ef: int | None = None) -> dict:
-    """In-process figures of one backend database; for PostgreSQL at its own ef_search and
-    again at `ef` (set on the database)."""
-    result = _measure_backend(kind, size, queries)
-    if kind == "pg" and ef is not None:
+def measure_pg_backends(sizes, queries, ef: int) -> dict:
+    """The PostgreSQL backend databases in-process, at the backend's own ef_search and at
+    `ef` (set on the database before the connection opens), each query through every
+    (size, setting) in turn; with the plan PostgreSQL chose for each."""
+    from ragserver.storage import open_storage
+    from scale_backend import build, target
+    from scale_data import exact_top, recall
+
+    storages, out = {}, {}
+    for size in sizes:
+        out[size] = {"build": build("pg", size)}
+        storages[size, "default"] = open_storage(target("pg", size), readonly=True)
         database_ef_search(size, ef)
         try:
-            result["at_chosen_ef"] = _measure_backend(kind, size, queries)
+            storages[size, ef] = open_storage(target("pg", size), readonly=True)
         finally:
             database_ef_search(size, None)
-    return result
+    seconds = {key: [] for key in storages}
+    found = {key: [] for key in storages}
+    for conn in storages.values():
+        conn.search_index(queries[0], SEARCH_K)
+    for q in queries:
+        for key, conn in storages.items():
+            started = time.perf_counter()
+            hits = conn.search_index(q, SEARCH_K)
+            seconds[key].append(time.perf_counter() - started)
+            found[key].append([h.passage_id - 1 for h in hits[:10]])
+    for (size, setting), conn in storages.items():
+        stats = conn.get_stats()
+        plan = " ".join(r[0] for r in conn.conn.execute(
+            "EXPLAIN (COSTS OFF) SELECT id, embedding <=> %s AS distance FROM passages "
+            "ORDER BY distance LIMIT %s", (queries[0], SEARCH_K)).fetchall())
+        result = {"search_index_k100": _ms(seconds[size, setting]),
+                  "recall": float(recall(found[size, setting], exact_top(size)).mean()),
+                  "passages": stats.passages, "db_bytes": stats.db_bytes,
+                  "index_bytes": stats.index_bytes, "queries": len(queries),
+                  "ef_search": conn.conn.execute("SHOW hnsw.ef_search").fetchone()[0],
+                  "iterative_scan": conn.conn.execute("SHOW hnsw.iterative_scan").fetchone()[0],
+                  "plan": "HNSW index scan" if "Index Scan" in plan else
+                          "sequential scan + sort" if "Seq Scan" in plan else plan}
+        conn.close()
+        if setting == "default":
+            out[size].update(result)
+        else:
+            out[size]["at_chosen_ef"] = result
+    return out
+
+
+def measure_backend(kind: str, size: int, queries) -> dict:
+    """In-process figures of one SQLite backend database."""
+    return _measure_backend(kind, size, queries)
 
 
 def _measure_backend(kind: str, size: int, queries) -> dict:
@@ -187,29 +248,47 @@ def _worker_memory(server) -> list[int]:
     return [child.memory_info().rss for child in psutil.Process(server.process.pid).children()]
 
 
-def measure_served(kind: str, size: int, titles: list[str], workers: int,
+def measure_served(group: list[tuple[str, int]], titles: list[str], workers: int,
                    ef: int | None = None) -> dict:
-    """Searches through gunicorn; a PostgreSQL database with hnsw.ef_search `ef` set on it."""
-    if kind == "pg" and ef is not None:
-        database_ef_search(size, ef)
-        try:
-            return {**measure_served(kind, size, titles, workers), "ef_search": ef}
-        finally:
-            database_ef_search(size, None)
+    """Searches through gunicorn, one server per database of the group running at once: the
+    one-client searches go to each server in turn, title by title (so that load from
+    elsewhere falls on all alike), then each server gets CLIENTS clients at once. PostgreSQL
+    databases get hnsw.ef_search `ef` set on them (None: the backend's own)."""
+    from contextlib import ExitStack
+
     from scale_backend import target
     from tests.server import Server
 
     env = {"WEB_CONCURRENCY": str(workers)}
-    with Server(target(kind, size), env=env) as server:
-        warm = [f"warm up {i}" for i in range(8 * workers)]
-        _concurrently(server, warm, CLIENTS * workers)  # every worker loads model and readers
-        alone = [server.search(CASES[1](t), "vector")[0] for t in titles]
-        together, wall = _concurrently(server, [CASES[2](t) for t in titles], CLIENTS)
-        took_ms = [server.search(CASES[3](t), "vector")[1]["took_ms"] / 1000 for t in titles[:20]]
-        memory = _worker_memory(server)
-    return {"workers": workers, "one_client": _ms(alone), "clients": CLIENTS,
-            "concurrent": _ms(together), "per_s": round(len(titles) / wall, 1),
-            "took_ms_server": _ms(took_ms), "worker_rss": memory, "titles": len(titles)}
+    pg_sizes = [size for kind, size in group if kind == "pg"]
+    for size in pg_sizes:
+        database_ef_search(size, ef)
+    try:
+        with ExitStack() as stack:
+            servers = {(kind, size): stack.enter_context(Server(target(kind, size), env=env))
+                       for kind, size in group}
+            for server in servers.values():  # every worker loads the model and its readers
+                _concurrently(server, [f"warm up {i}" for i in range(8 * workers)],
+                              CLIENTS * workers)
+            alone = {key: [] for key in servers}
+            for title in titles:
+                for key, server in servers.items():
+                    alone[key].append(server.search(CASES[1](title), "vector")[0])
+            out = {}
+            for (kind, size), server in servers.items():
+                together, wall = _concurrently(server, [CASES[2](t) for t in titles], CLIENTS)
+                took_ms = [server.search(CASES[3](t), "vector")[1]["took_ms"] / 1000
+                           for t in titles[:20]]
+                out[kind, size] = {
+                    "workers": workers, "one_client": _ms(alone[kind, size]),
+                    "clients": CLIENTS, "concurrent": _ms(together),
+                    "per_s": round(len(titles) / wall, 1), "took_ms_server": _ms(took_ms),
+                    "worker_rss": _worker_memory(server), "titles": len(titles),
+                    **({"ef_search": ef or "default"} if kind == "pg" else {})}
+    finally:
+        for size in pg_sizes:
+            database_ef_search(size, None)
+    return out
 
 
 def _concurrently(server, texts: list[str], clients: int) -> tuple[list[float], float]:
@@ -301,11 +380,20 @@ def run(quick: bool) -> Section:
     data["pgvector"] = measure_pgvector(sizes, vectors, kinds, quick)
     data["chosen_ef"] = ef = chosen_ef(data["pgvector"], max(sizes))
     load.append(os.getloadavg()[0])
-    data["backend"] = {f"{kind}-{size}": measure_backend(kind, size, vectors, ef)
-                       for kind, size in _backends(sizes)}
+    pg_sizes = [size for kind, size in _backends(sizes) if kind == "pg"]
+    sqlite = [(kind, size) for kind, size in _backends(sizes) if kind != "pg"]
+    data["backend"] = {f"pg-{size}": r
+                       for size, r in measure_pg_backends(pg_sizes, vectors, ef).items()}
+    data["backend"].update({f"{kind}-{size}": measure_backend(kind, size, vectors)
+                            for kind, size in sqlite})
     load.append(os.getloadavg()[0])
-    data["served"] = {f"{kind}-{size}-w{workers}": measure_served(kind, size, titles, workers, ef)
-                      for kind, size in _backends(sizes) for workers in WORKERS}
+    data["served"] = {}
+    for workers in WORKERS:
+        for group, setting in (([("pg", s) for s in pg_sizes], None),
+                               ([("pg", s) for s in pg_sizes], ef), (sqlite, None)):
+            for (kind, size), r in measure_served(group, titles, workers, setting).items():
+                suffix = f"-ef{r['ef_search']}" if kind == "pg" else ""
+                data["served"][f"{kind}-{size}-w{workers}{suffix}"] = r
     load.append(os.getloadavg()[0])
     data["append"] = {f"{kind}-{size}": measure_append(kind, size, 1 if quick else 2)
                       for kind, size in _backends(sizes)}
@@ -336,25 +424,26 @@ def report(data: dict, sizes) -> str:
                  f"{a['p50_ms']:.2f} ms at {top:,} against {b['p50_ms']:.2f} ms at {small:,}: "
                  f"**{a['p50_ms'] / b['p50_ms']:.2f}×**.")
     ka, kb = backend.get(f"pg-{top}"), backend.get(f"pg-{small}")
-    if ka and kb:
-        for name, x, y in (("its own", ka, kb),
-                           (f"{chosen} (set on the database)", ka.get("at_chosen_ef"),
-                            kb.get("at_chosen_ef"))):
-            if x and y:
-                lines.append(
-                    f"Through the PostgreSQL backend in-process (`search_index`, k={SEARCH_K}, "
-                    f"ef_search {name} = {x['ef_search']}, iterative scan {x['iterative_scan']}): "
-                    f"p50 {x['search_index_k100']['p50_ms']:.1f} ms at {top:,} against "
-                    f"{y['search_index_k100']['p50_ms']:.1f} ms at {small:,} "
-                    f"(**{x['search_index_k100']['p50_ms'] / y['search_index_k100']['p50_ms']:.2f}×**); "
-                    f"recall@10 {x['recall']:.3f} at {top:,}.")
-    sa, sb = served.get(f"pg-{top}-w1"), served.get(f"pg-{small}-w1")
-    if sa and sb:
-        lines.append(f"Through gunicorn (1 worker, one client, the query embedded in the worker, "
-                     f"ef_search {sa.get('ef_search', 'default')}): p50 "
-                     f"{sa['one_client']['p50_ms']:.1f} ms at {top:,} against "
-                     f"{sb['one_client']['p50_ms']:.1f} ms at {small:,} "
-                     f"(**{sa['one_client']['p50_ms'] / sb['one_client']['p50_ms']:.2f}×**).")
+    if ka and kb and "at_chosen_ef" in ka:
+        x, y, z = ka["at_chosen_ef"], kb, kb["at_chosen_ef"]
+        p50 = lambda r: r["search_index_k100"]["p50_ms"]  # noqa: E731
+        lines.append(
+            f"Through the PostgreSQL backend in-process (`search_index`, k={SEARCH_K}, iterative "
+            f"scan {x['iterative_scan']}): at {top:,} with ef_search {chosen} p50 "
+            f"{p50(x):.1f} ms (recall@10 {x['recall']:.3f}); at {small:,} with the backend's "
+            f"own ef_search {y['ef_search']} {p50(y):.1f} ms (**{p50(x) / p50(y):.2f}×**, "
+            f"{y['plan']}), and with ef_search {chosen} {p50(z):.1f} ms "
+            f"({p50(x) / p50(z):.2f}×, PostgreSQL plans a {z['plan']} there). At {top:,} with "
+            f"the backend's own ef_search ({ka['ef_search']}) recall@10 is {ka['recall']:.3f}.")
+    sa = served.get(f"pg-{top}-w1-ef{chosen}")
+    sb, sc = served.get(f"pg-{small}-w1-efdefault"), served.get(f"pg-{small}-w1-ef{chosen}")
+    if sa and sb and sc:
+        p50 = lambda r: r["one_client"]["p50_ms"]  # noqa: E731
+        lines.append(
+            f"Through gunicorn (1 worker, one client, the query embedded in the worker): "
+            f"p50 {p50(sa):.1f} ms at {top:,} with ef_search {chosen} against {p50(sb):.1f} ms "
+            f"at {small:,} with the backend's own (**{p50(sa) / p50(sb):.2f}×**) and "
+            f"{p50(sc):.1f} ms at {small:,} with ef_search {chosen} ({p50(sa) / p50(sc):.2f}×).")
     parts.append("\n".join(f"- {line}" for line in lines))
 
     # data spread
@@ -423,21 +512,27 @@ def report(data: dict, sizes) -> str:
                      f"{int(size):,}", r["queries"],
                      f"{r['search_index_k100']['p50_ms']:.1f} / {r['search_index_k100']['p95_ms']:.1f}",
                      f"{r['recall']:.3f}",
-                     f"{bare['p50_ms']:.1f} / {bare['p95_ms']:.1f} ({bare['recall']:.3f})" if bare
-                     else f"ef_search {r['ef_search']}, iterative {r['iterative_scan']}"])
+                     f"bare top-10 query {bare['p50_ms']:.1f} / {bare['p95_ms']:.1f} ms "
+                     f"(recall {bare['recall']:.3f})" if bare else
+                     f"ef_search {r['ef_search']}: {r['plan']}"])
     parts.append(f"In-process through the storage backend: `search_index(vector, {SEARCH_K})` "
-                 "(the index query plus fetching the passages), recall@10 of its first 10; for "
-                 "SQLite also the bare index query for the top 10. The SQLite indexes scan "
-                 f"exactly, so they get every {SQLITE_EVERY}th query.\n\n" + table(
-                     ["index", "passages", "queries", f"search_index k={SEARCH_K} p50 / p95 ms",
-                      "recall@10", "bare top-10 query p50 / p95 ms (recall) / settings"], rows))
+                 "(the index query plus fetching the passages), recall@10 of its first 10. "
+                 "PostgreSQL: at the backend's own ef_search and at the one chosen above (set on "
+                 "the database), each query through every database and setting in turn, with "
+                 "the plan PostgreSQL chose. SQLite: also the bare index query for the top 10; "
+                 f"these indexes scan exactly, so they get every {SQLITE_EVERY}th query.\n\n" +
+                 table(["index", "passages", "queries", f"search_index k={SEARCH_K} p50 / p95 ms",
+                        "recall@10", "plan / bare index query"], rows))
 
     # served
     rows = []
-    for name, r in served.items():
-        kind, size, w = name.split("-")
+    order = {"pg": 0, "vss": 1, "vec": 2}
+    for name, r in sorted(served.items(), key=lambda item: (
+            order[item[0].split("-")[0]], str(item[1].get("ef_search", "")),
+            int(item[0].split("-")[1]), item[1]["workers"])):
+        kind, size = name.split("-")[:2]
         rss = r["worker_rss"]
-        rows.append([{"pg": f"PostgreSQL HNSW (ef_search {r.get('ef_search', 'default')})",
+        rows.append([{"pg": f"PostgreSQL HNSW (ef_search {r.get('ef_search')})",
                       "vss": "sqlite-vss", "vec": "sqlite-vec"}[kind],
                      f"{int(size):,}", r["workers"],
                      f"{r['one_client']['p50_ms']:.1f} / {r['one_client']['p95_ms']:.1f}",
@@ -447,7 +542,11 @@ def report(data: dict, sizes) -> str:
                  f"workers): `GET /api/search?mode=vector` of {next(iter(served.values()))['titles']} post titles, "
                  f"each embedded by the worker (a letter case new to its query cache), by one "
                  f"client and then by {CLIENTS} clients at once, timed by the client; the "
-                 "resident memory of each worker after the run.\n\n" + table(
+                 "resident memory of each worker after the run. The servers of one group "
+                 "(PostgreSQL at one ef_search; the SQLite databases) run at once and the "
+                 "one-client searches go to each in turn, title by title. PostgreSQL's "
+                 "\"default\" is the backend's own ef_search "
+                 f"({_backend_ef()}).\n\n" + table(
                      ["index", "passages", "workers", "1 client p50 / p95 ms",
                       f"{CLIENTS} clients p50 / p95 ms", f"searches/s ({CLIENTS} clients)",
                       "RSS per worker"], rows))
@@ -463,6 +562,12 @@ def report(data: dict, sizes) -> str:
                      ["index", "passages before", "s per 1,000-passage transaction",
                       "passages/s"], rows))
     return "\n\n".join(parts)
+
+
+def _backend_ef() -> int:
+    from ragserver.storage.postgres import EF_SEARCH as BACKEND_EF
+
+    return BACKEND_EF
 
 
 def _intro(data: dict, sizes) -> str:
