@@ -57,24 +57,26 @@ def _embedder(settings):
 
 
 @contextmanager
-def _writing(settings, what: str):
-    """Hold the ingest lock while writing; a held lock, an unwritable folder or a failed
-    write (disk full, read-only database) ends the command with a clear message."""
-    from .storage import CannotWrite, IngestLocked, database_errors, writer_lock
+def _writing(target, what: str, *others):
+    """Hold the writer lock of `target` (a path or URL) while writing; a held lock, an
+    unwritable folder or a failed write (disk full, read-only database) ends the command
+    with a clear message, with the passwords of `target` and `others` hidden."""
+    from .storage import CannotWrite, IngestLocked, database_errors, scrub, writer_lock
 
     try:
-        with writer_lock(settings.db_path):
+        with writer_lock(target):
             yield
     except IngestLocked as error:
-        click.echo(f"Error: {error}", err=True)
+        click.echo(f"Error: {scrub(str(error), target, *others)}", err=True)
         sys.exit(EXIT_LOCKED)
     except CannotWrite as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(scrub(str(error), target, *others)) from None
     except database_errors() as error:
         # Writes are transactions: what committed before the failure is whole, the rest rolled back.
-        raise click.ClickException(
+        raise click.ClickException(scrub(
             f"{what} stopped: {error}. The database is consistent (work committed before "
-            "the error is kept); fix the cause and run the same command again.") from None
+            "the error is kept); fix the cause and run the same command again.",
+            target, *others)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,7 +127,7 @@ def ingest(sources, db, base_url, prune, quiet):
         except SkipInput as skip:
             early_skips.append(Skipped(spec, str(skip).removeprefix(f"{spec}: ")))
             logging.getLogger("ragserver.ingest").warning("skipped %s", skip)
-    with _writing(settings, "ingest"):
+    with _writing(settings.db_path, "ingest"):
         embedder = _embedder(settings)
         storage = _open(settings, must_exist=False)
         bar = _Progress(quiet)
@@ -324,7 +326,7 @@ def reindex(db, quiet):
     started = time.perf_counter()
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     try:
-        with _writing(settings, "reindex"):
+        with _writing(settings.db_path, "reindex"):
             stored = storage.get_model_info()
             if stored is None:
                 click.echo("Nothing to index: the database has no posts yet.")
