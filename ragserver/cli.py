@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import click
 
@@ -349,6 +349,124 @@ def reindex(db, quiet):
                            f"updated: {lists}; {time.perf_counter() - started:.1f}s")
     finally:
         storage.close()
+
+
+@cli.command(name="copy")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--prune", is_flag=True,
+              help="Delete the posts of DST that SRC does not have (without it such a DST "
+                   "is refused).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress: only errors and the summary line (for cron).")
+def copy_command(src, dst, prune, quiet):
+    """Copy the posts, passages and vectors of the database SRC into DST, without
+    re-embedding, whichever storage backend holds each: SRC and DST are SQLite file paths
+    or database URLs (postgresql://user@host/db). DST is created if missing.
+
+    SRC is only read. A killed copy, run again, skips the posts DST already holds whole.
+    DST's related posts are recomputed and both databases' counts compared at the end.
+    Exit status: 0 copied, 75 an ingest holds DST's or SRC's lock, 1 error or counts that
+    differ.
+    """
+    from .copying import CopyError, compare_counts, copy_database
+    from .storage import redacted, same_target, scrub
+
+    settings = _settings(None)
+    if same_target(src, dst):
+        raise click.ClickException(f"SRC and DST are the same database ({redacted(src)}); "
+                                   "nothing was copied.")
+    source = _open_target(src, readonly=True)
+    try:
+        with _writing(dst, "copy", src), _source_lock(src):
+            target = _open_target(dst, create=True, hide=src)
+            progress = _CopyProgress(quiet)
+            try:
+                summary = copy_database(source, target, commit_rows=settings.commit_rows,
+                                        vector_index=settings.vector_index, prune=prune,
+                                        on_event=progress.event)
+                differ = compare_counts(source, target)
+                own = source.get_stats()
+            except CopyError as error:
+                raise click.ClickException(scrub(str(error), src, dst)) from None
+            finally:
+                progress.close()
+                target.close()
+    finally:
+        source.close()
+    click.echo(summary.line())
+    if differ:
+        counts = "; ".join(f"{what.replace('_', ' ')} {a} in {redacted(src)}, {b} in "
+                           f"{redacted(dst)}" for what, a, b in differ)
+        hint = (f"{redacted(src)}'s own index holds {own.index_rows} rows for {own.vectors} "
+                "vectors: `ragserver reindex` it, then copy again."
+                if own.index_rows != own.vectors else
+                "Run the same command again to finish the copy.")
+        raise click.ClickException(f"the copy does not match its source: {counts}. {hint}")
+
+
+def _open_target(target: str, *, readonly: bool = False, create: bool = False, hide=()):
+    """Open a database given as a path or URL, for a command that names it itself; every
+    failure is a clear message without the URL's password."""
+    from pathlib import Path
+
+    from .storage import BackendUnavailable, NotADatabase, open_storage, redacted, scrub
+
+    if not create and "://" not in target and not Path(target).expanduser().exists():
+        raise click.ClickException(f"no database at {target}; nothing was copied.")
+    try:
+        return open_storage(Path(target).expanduser() if "://" not in target else target,
+                            readonly=readonly, create=create)
+    except (BackendUnavailable, NotADatabase) as error:
+        message = f"{error}; nothing was copied."
+    except Exception as error:  # no such backend, driver errors: unreadable, refused
+        message = f"cannot open {redacted(target)}: {error}; nothing was copied."
+    raise click.ClickException(scrub(message, target, *([hide] if hide else [])))
+
+
+@contextmanager
+def _source_lock(target: str):
+    """Hold the source's writer lock too, so that no ingest changes it mid-copy; a source
+    on read-only media (where nothing can change it) is read without it."""
+    from .storage import CannotWrite, writer_lock
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(writer_lock(target))
+        except CannotWrite:
+            pass
+        yield
+
+
+class _CopyProgress:
+    """A tqdm bar on a terminal; otherwise a line per transaction; nothing with --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.copied = self.skipped = 0
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="copy", unit=" posts", file=sys.stderr, dynamic_ncols=True)
+
+    def event(self, kind: str, name: str) -> None:
+        """kind: copied, skipped, deleted (a post), committed (posts done/posts in all)."""
+        self.copied += kind == "copied"
+        self.skipped += kind == "skipped"
+        if self.bar is not None:
+            if kind in ("copied", "skipped"):
+                self.bar.update(1)
+        elif not self.quiet and kind == "deleted":
+            click.echo(f"deleted {name}", err=True)
+        elif not self.quiet and kind == "committed":
+            done, total = name.split("/")
+            click.echo(f"{done} of {total} posts: {self.copied} copied, {self.skipped} "
+                       "already there", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @cli.command()
