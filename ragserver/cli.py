@@ -370,9 +370,15 @@ def copy_command(src, dst, prune, quiet):
     differ.
     """
     from .copying import CopyError, compare_counts, copy_database
-    from .storage import redacted, same_target, scrub
+    from .storage import backend_of, redacted, same_target, scrub
 
     settings = _settings(None)
+    for given in (src, dst):
+        try:
+            backend_of(given)
+        except ValueError as error:
+            raise click.ClickException(f"cannot open {redacted(given)}: {error}; nothing was "
+                                       "copied.") from None
     if same_target(src, dst):
         raise click.ClickException(f"SRC and DST are the same database ({redacted(src)}); "
                                    "nothing was copied.")
