@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from contextlib import ExitStack, contextmanager
@@ -373,6 +374,7 @@ def copy_command(src, dst, prune, quiet):
     from .storage import backend_of, redacted, same_target, scrub
 
     settings = _settings(None)
+    src, dst = (t if "://" in t else os.path.expanduser(t) for t in (src, dst))
     for given in (src, dst):
         try:
             backend_of(given)
@@ -411,18 +413,16 @@ def copy_command(src, dst, prune, quiet):
         raise click.ClickException(f"the copy does not match its source: {counts}. {hint}")
 
 
-def _open_target(target: str, *, readonly: bool = False, create: bool = False, hide=()):
+def _open_target(target: str, *, readonly: bool = False, create: bool = False,
+                 hide: str | None = None):
     """Open a database given as a path or URL, for a command that names it itself; every
-    failure is a clear message without the URL's password."""
-    from pathlib import Path
-
+    failure is a clear message without a password of `target` or `hide`."""
     from .storage import BackendUnavailable, NotADatabase, open_storage, redacted, scrub
 
-    if not create and "://" not in target and not Path(target).expanduser().exists():
+    if not create and "://" not in target and not os.path.exists(target):
         raise click.ClickException(f"no database at {target}; nothing was copied.")
     try:
-        return open_storage(Path(target).expanduser() if "://" not in target else target,
-                            readonly=readonly, create=create)
+        return open_storage(target, readonly=readonly, create=create)
     except (BackendUnavailable, NotADatabase) as error:
         message = f"{error}; nothing was copied."
     except Exception as error:  # no such backend, driver errors: unreadable, refused
