@@ -235,6 +235,23 @@ def test_posts_the_source_lacks_are_refused_unless_pruned(seeded_db, target, run
     assert contents(target) == contents(seeded_db)
 
 
+def test_counts_that_differ_at_the_end_fail_the_copy(seeded_db, target, tmp_path, runner):
+    """A source whose own vector index lacks rows (a reindex killed midway) copies whole,
+    and the count check says what differs and what to do."""
+    damaged = tmp_path / "damaged.db"
+    runner("copy", seeded_db, damaged, "--quiet", check=True)
+    db = open_storage(damaged)
+    with db.transaction():
+        db.conn.execute("DELETE FROM vss_passages WHERE rowid = (SELECT min(id) FROM passages)")
+    db.close()
+    result = runner("copy", damaged, target)
+    passages = contents(seeded_db)["counts"][1]
+    assert result.returncode == 1 and summary(result)[1] == passages
+    assert (f"the copy does not match its source: index rows {passages - 1} in {damaged}, "
+            f"{passages} in {target}. {damaged}'s own index holds {passages - 1} rows for "
+            f"{passages} vectors: `ragserver reindex` it") in result.stderr
+
+
 def test_a_target_with_another_model_is_refused(seeded_db, target, runner):
     other = ModelInfo("intfloat/e5-small-v2", 384, "query: ", "passage: ")
     db = open_storage(target, create=True)
