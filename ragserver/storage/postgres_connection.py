@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import zlib
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 from .records import BackendUnavailable, IngestLocked, NotADatabase
 
@@ -90,14 +89,9 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ""
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    from . import redacted
+
+    return redacted(url)
 
 
 def _driver():
