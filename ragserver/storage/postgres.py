@@ -330,9 +330,9 @@ class PostgresStorage:
         return self.count_vectors() if self.index_exists() else 0
 
     def index_is_empty(self) -> bool:
-        """True while there is no valid HNSW index or no vector (without counting them all)."""
-        return not self.index_exists() or \
-            not self._sql("SELECT EXISTS (SELECT 1 FROM passages)").fetchone()[0]
+        """True when there is no vector to find. Without its HNSW index (while `reindex`
+        builds it) a search still answers, by scanning every vector."""
+        return not self._sql("SELECT EXISTS (SELECT 1 FROM passages)").fetchone()[0]
 
     def search_index(self, vector, k: int) -> list[Hit]:
         """Nearest passages to a normalised query vector by cosine distance, best first."""
