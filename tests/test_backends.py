@@ -118,3 +118,19 @@ def test_commands_on_a_bad_url_say_what_is_wrong_and_never_show_the_password(
     down = ragserver("stats", "--db", "postgresql://blog:hunter2@127.0.0.1:1/blog")
     assert down.returncode == 1 and "cannot connect to postgresql://blog:***@127.0.0.1:1/blog" \
         in down.stderr and "hunter2" not in down.stderr
+
+
+def test_the_web_app_on_an_unreachable_server_says_so_without_the_password(embedder):
+    from ragserver import create_app
+
+    url = "postgresql://blog:hunter2@127.0.0.1:1/blog"
+    client = create_app({"db": url, "search_rate": 0}, embedder=embedder).test_client()
+    api = client.get("/api/search?q=sqlite")
+    assert api.status_code == 503 and "The posts cannot be read" in api.get_json()["error"]
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.json["status"] == "database error"
+    assert health.json["database"] == "postgresql://blog:***@127.0.0.1:1/blog"
+    ask = client.post("/api/ask", json={"question": "What is WAL mode?"})
+    assert b"event: error" in ask.data
+    for body in (api.data, health.data, ask.data, client.get("/search?q=wal").data):
+        assert b"hunter2" not in body and b"Traceback" not in body

@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from ..answer import Event, Options, answer
-from ..storage import database_errors
+from ..storage import BackendUnavailable, database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
 from ..render import checked_answer
@@ -43,7 +43,8 @@ def _events(question: str, history: list[dict], stop=None):
         yield from answer(question, history, db=svc.reading, embedder=embedder, model=model,
                           gate=svc.gate, options=Options.from_settings(settings),
                           should_stop=stop.is_set if stop else (lambda: False))
-    except (HTTPException, *database_errors(), EmbedderError, LLMError) as error:
+    except (HTTPException, *database_errors(), BackendUnavailable, EmbedderError,
+            LLMError) as error:
         # A missing model, an unreadable database, no connection free: say so in the
         # answer, not as a broken stream. (Generation errors arrive as events already.)
         message = error.description if isinstance(error, HTTPException) else str(error)
@@ -82,7 +83,7 @@ def _example_questions(n: int) -> list[str]:
             return []
         with svc.reading() as conn:
             posts = conn.example_posts(n)
-    except (HTTPException, *database_errors()):
+    except (HTTPException, *database_errors(), BackendUnavailable):
         # Examples are a nicety: a busy, damaged or not yet ingested database must not
         # keep anyone from the page (asking says what is wrong).
         return []
