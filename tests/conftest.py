@@ -233,7 +233,7 @@ def seeded_conn(seeded_db):
 
 
 @pytest.fixture
-def app(request, embedder):
+def app(request, backend, embedder):
     """create_app() over the seeded database with the real embedder and no chat model.
 
     A module or test that needs other settings says so with a marker, e.g.

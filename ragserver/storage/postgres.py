@@ -278,7 +278,7 @@ class PostgresStorage(SQLStorage):
         if not query or k <= 0:
             return []
         rows = self._sql(
-            f"SELECT p.id, ts_rank('{RANK_WEIGHTS}', p.words, q, 1) AS rank "
+            f"SELECT p.id, ts_rank('{RANK_WEIGHTS}', p.words, q) AS rank "
             f"FROM passages p, websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', %s) q "
             "WHERE p.words @@ q ORDER BY rank DESC, p.id LIMIT %s", (query, int(k))).fetchall()
         return self._hits({pid: float(rank) for pid, rank in rows})
