@@ -3,7 +3,8 @@
     python bench/report.py [--quick] [NAME ...]      # ./run bench does this
 
 NAME picks some of the benchmarks (ingest, search, index, threads, generation, serving, load,
-answers); --quick runs fewer repeats on less data, to check the benchmarks themselves.
+answers, scale); --quick runs fewer repeats on less data, to check the benchmarks themselves
+(scale: 2k and 10k passages instead of 20k, 200k and 1M).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from common import ROOT, machine  # noqa: E402
 
-BENCHMARKS = ["ingest", "search", "index", "threads", "generation", "serving", "load", "answers"]
+BENCHMARKS = ["ingest", "search", "index", "threads", "generation", "serving", "load", "answers",
+              "scale"]
 # also run alone: python bench/load_test.py, python bench/answer_quality.py
 MODULES = {"load": "load_test", "answers": "answer_quality"}
 RESULTS = HERE / "results.json"
