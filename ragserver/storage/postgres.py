@@ -23,13 +23,13 @@ from .records import Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatab
 from .sql import SQLStorage
 
 INDEX = "passages_embedding"
-# Candidates the HNSW graph search keeps (pgvector's default is 40), unless the database,
-# role or URL sets hnsw.ef_search itself. bench_scale (docs/benchmarks.md) measured recall@10
-# against exact search on real-passage-derived vectors: 400 gives 0.963 at 1M passages and
-# 0.996 at 200k (100 gave 0.887 and 0.970; 40 gave 0.791 at 1M), for a top-10 query of
-# 3.6 ms at 1M. It also covers searches for up to 400 passages (ranking takes 100) without
-# pgvector's slower iterative scan.
-EF_SEARCH = 400
+# Candidates the HNSW graph search keeps (pgvector's default is 40), by the number of
+# passages, unless the database, role or URL sets hnsw.ef_search itself. bench_scale
+# (docs/benchmarks.md) measured recall@10 against exact search on real-passage-derived
+# vectors: 100 gives 0.970 at 200k but 0.887 at 1M, where 400 gives 0.963 (a top-10 query
+# in about 5 ms). Below that size 400 would make PostgreSQL plan a sequential scan and sort
+# instead of the index (20k passages: 66 ms a search against 5 ms at 100).
+EF_SEARCH = ((500_000, 400), (0, 100))  # (from this many passages, ef_search), largest first
 # Title and headings (A) weigh double the text (B), as in the SQLite backend's BM25.
 RANK_WEIGHTS = "{0, 0, 0.5, 1.0}"
 TEXT_SEARCH_CONFIG = "english"  # Snowball English stemming, like FTS5's porter tokenizer
@@ -97,7 +97,10 @@ class PostgresStorage(SQLStorage):
         sources = dict(self._sql("SELECT name, source FROM pg_settings WHERE name IN "
                                  "('hnsw.ef_search', 'hnsw.iterative_scan')").fetchall())
         if sources.get("hnsw.ef_search") == "default":
-            self._sql(f"SET hnsw.ef_search = {EF_SEARCH}")
+            passages = self._sql("SELECT greatest(reltuples, 0) FROM pg_class "
+                                 "WHERE oid = 'passages'::regclass").fetchone()[0]
+            ef_search = next(ef for least, ef in EF_SEARCH if passages >= least)
+            self._sql(f"SET hnsw.ef_search = {int(ef_search)}")
         if sources.get("hnsw.iterative_scan") == "default":  # pgvector 0.8 and newer
             # A search for more than ef_search passages goes on through the graph.
             self._sql("SET hnsw.iterative_scan = strict_order")

@@ -107,13 +107,16 @@ def _driver():
 def connect(url: str, *, readonly: bool = False):
     """An autocommit connection (each read sees every commit so far); read-only when asked."""
     psycopg = _driver()
-    options = "-c default_transaction_read_only=on" if readonly else ""
     try:
-        return psycopg.connect(url, autocommit=True, options=options, connect_timeout=10,
+        # No options= here: it would replace the URL's own (?options=-c hnsw.ef_search=...).
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
                                application_name=f"ragserver pid {os.getpid()}")
     except psycopg.OperationalError as error:
         reason = " ".join(str(error).split())
         raise ConnectionFailed(f"cannot connect to {redact(url)}: {reason}") from None
+    if readonly:
+        conn.execute("SET default_transaction_read_only = on")
+    return conn
 
 
 def register_vectors(conn) -> None:
