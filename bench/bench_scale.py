@@ -571,10 +571,13 @@ def report(data: dict, sizes) -> str:
     return "\n\n".join(parts)
 
 
-def _backend_ef() -> int:
+def _backend_ef() -> str:
+    """The backend's own ef_search, as it says: one number, or one by table size."""
     from ragserver.storage.postgres import EF_SEARCH as BACKEND_EF
 
-    return BACKEND_EF
+    if isinstance(BACKEND_EF, int):
+        return str(BACKEND_EF)
+    return ", ".join(f"{ef} from {least:,} passages" for least, ef in BACKEND_EF)
 
 
 def _intro(data: dict, sizes) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import click
 
@@ -57,25 +58,27 @@ def _embedder(settings):
 
 
 @contextmanager
-def _writing(settings, what: str):
-    """Hold the ingest lock while writing; a held lock, an unwritable folder or a failed
-    write (disk full, read-only database) ends the command with a clear message."""
-    from .storage import (BackendUnavailable, CannotWrite, IngestLocked, database_errors,
+def _writing(target, what: str, *others):
+    """Hold the writer lock of `target` (a path or URL) while writing; a held lock, an
+    unwritable folder or a failed write (disk full, read-only database) ends the command
+    with a clear message, with the passwords of `target` and `others` hidden."""
+    from .storage import (BackendUnavailable, CannotWrite, IngestLocked, database_errors, scrub,
                           writer_lock)
 
     try:
-        with writer_lock(settings.database):
+        with writer_lock(target):
             yield
     except IngestLocked as error:
-        click.echo(f"Error: {error}", err=True)
+        click.echo(f"Error: {scrub(str(error), target, *others)}", err=True)
         sys.exit(EXIT_LOCKED)
     except (CannotWrite, BackendUnavailable) as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(scrub(str(error), target, *others)) from None
     except database_errors() as error:
         # Writes are transactions: what committed before the failure is whole, the rest rolled back.
-        raise click.ClickException(
+        raise click.ClickException(scrub(
             f"{what} stopped: {error}. The database is consistent (work committed before "
-            "the error is kept); fix the cause and run the same command again.") from None
+            "the error is kept); fix the cause and run the same command again.",
+            target, *others)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -127,7 +130,7 @@ def ingest(sources, db, base_url, prune, quiet):
         except SkipInput as skip:
             early_skips.append(Skipped(spec, str(skip).removeprefix(f"{spec}: ")))
             logging.getLogger("ragserver.ingest").warning("skipped %s", skip)
-    with _writing(settings, "ingest"):
+    with _writing(settings.database, "ingest"):
         embedder = _embedder(settings)
         storage = _open(settings, must_exist=False)
         bar = _Progress(quiet)
@@ -326,7 +329,7 @@ def reindex(db, quiet):
     started = time.perf_counter()
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     try:
-        with _writing(settings, "reindex"):
+        with _writing(settings.database, "reindex"):
             stored = storage.get_model_info()
             if stored is None:
                 click.echo("Nothing to index: the database has no posts yet.")
@@ -349,6 +352,129 @@ def reindex(db, quiet):
                            f"updated: {lists}; {time.perf_counter() - started:.1f}s")
     finally:
         storage.close()
+
+
+@cli.command(name="copy")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--prune", is_flag=True,
+              help="Delete the posts of DST that SRC does not have (without it such a DST "
+                   "is refused).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress: only errors and the summary line (for cron).")
+def copy_command(src, dst, prune, quiet):
+    """Copy the posts, passages and vectors of the database SRC into DST, without
+    re-embedding, whichever storage backend holds each: SRC and DST are SQLite file paths
+    or database URLs (postgresql://user@host/db). DST is created if missing.
+
+    SRC is only read. A killed copy, run again, skips the posts DST already holds whole.
+    DST's related posts are recomputed and both databases' counts compared at the end.
+    Exit status: 0 copied, 75 an ingest holds DST's or SRC's lock, 1 error or counts that
+    differ.
+    """
+    from .copying import CopyError, compare_counts, copy_database
+    from .storage import backend_of, redacted, same_target, scrub
+
+    settings = _settings(None)
+    src, dst = (t if "://" in t else os.path.expanduser(t) for t in (src, dst))
+    for given in (src, dst):
+        try:
+            backend_of(given)
+        except ValueError as error:
+            raise click.ClickException(f"cannot open {redacted(given)}: {error}; nothing was "
+                                       "copied.") from None
+    if same_target(src, dst):
+        raise click.ClickException(f"SRC and DST are the same database ({redacted(src)}); "
+                                   "nothing was copied.")
+    source = _open_target(src, readonly=True)
+    try:
+        with _writing(dst, "copy", src), _source_lock(src):
+            target = _open_target(dst, create=True, hide=src)
+            progress = _CopyProgress(quiet)
+            try:
+                summary = copy_database(source, target, commit_rows=settings.commit_rows,
+                                        vector_index=settings.vector_index, prune=prune,
+                                        on_event=progress.event)
+                differ = compare_counts(source, target)
+                own = source.get_stats()
+            except CopyError as error:
+                raise click.ClickException(scrub(str(error), src, dst)) from None
+            finally:
+                progress.close()
+                target.close()
+    finally:
+        source.close()
+    click.echo(summary.line())
+    if differ:
+        counts = "; ".join(f"{what.replace('_', ' ')} {a} in {redacted(src)}, {b} in "
+                           f"{redacted(dst)}" for what, a, b in differ)
+        hint = (f"{redacted(src)}'s own index holds {own.index_rows} rows for {own.vectors} "
+                "vectors: `ragserver reindex` it, then copy again."
+                if own.index_rows != own.vectors else
+                "Run the same command again to finish the copy.")
+        raise click.ClickException(f"the copy does not match its source: {counts}. {hint}")
+
+
+def _open_target(target: str, *, readonly: bool = False, create: bool = False,
+                 hide: str | None = None):
+    """Open a database given as a path or URL, for a command that names it itself; every
+    failure is a clear message without a password of `target` or `hide`."""
+    from .storage import BackendUnavailable, NotADatabase, open_storage, redacted, scrub
+
+    if not create and "://" not in target and not os.path.exists(target):
+        raise click.ClickException(f"no database at {target}; nothing was copied.")
+    try:
+        return open_storage(target, readonly=readonly, create=create)
+    except (BackendUnavailable, NotADatabase) as error:
+        message = f"{error}; nothing was copied."
+    except Exception as error:  # no such backend, driver errors: unreadable, refused
+        message = f"cannot open {redacted(target)}: {error}; nothing was copied."
+    raise click.ClickException(scrub(message, target, *([hide] if hide else [])))
+
+
+@contextmanager
+def _source_lock(target: str):
+    """Hold the source's writer lock too, so that no ingest changes it mid-copy; a source
+    on read-only media (where nothing can change it) is read without it."""
+    from .storage import CannotWrite, writer_lock
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(writer_lock(target))
+        except CannotWrite:
+            pass
+        yield
+
+
+class _CopyProgress:
+    """A tqdm bar on a terminal; otherwise a line per transaction; nothing with --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.copied = self.skipped = 0
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="copy", unit=" posts", file=sys.stderr, dynamic_ncols=True)
+
+    def event(self, kind: str, name: str) -> None:
+        """kind: copied, skipped, deleted (a post), committed (posts done/posts in all)."""
+        self.copied += kind == "copied"
+        self.skipped += kind == "skipped"
+        if self.bar is not None:
+            if kind in ("copied", "skipped"):
+                self.bar.update(1)
+        elif not self.quiet and kind == "deleted":
+            click.echo(f"deleted {name}", err=True)
+        elif not self.quiet and kind == "committed":
+            done, total = name.split("/")
+            click.echo(f"{done} of {total} posts: {self.copied} copied, {self.skipped} "
+                       "already there", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @cli.command()

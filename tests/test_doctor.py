@@ -72,7 +72,7 @@ def test_build_options_never_ask_for_amx_or_native_code(tmp_path):
     assert extra[-1] == "-DGGML_AVX512=OFF"  # the operator's own options come last and win
 
 
-def test_doctor_reports_what_an_operator_needs(seeded_db):
+def test_doctor_reports_what_an_operator_needs(seeded_db, backend):
     result = ragserver("doctor", "--db", seeded_db, "--json", check=True)
     report = json.loads(result.stdout)
     assert report["versions"]["llama-cpp-python"] and report["versions"]["torch"]
@@ -88,19 +88,23 @@ def test_doctor_reports_what_an_operator_needs(seeded_db):
     assert report["embedding_model"]["weights"]["pinned_file"] is True
     db = report["database"]
     assert db["posts"] > 0 and db["index_rows"] == db["vectors"] == db["passages"]
-    assert db["index"] == "vss" and db["index_state"] == "ok" and db["embedding_model_matches"]
-    assert db["software"]["sqlite-vss"].startswith("v0.1")
+    index, software, version = {"sqlite": ("vss", "sqlite-vss", "v0.1"),
+                                "postgresql": ("hnsw", "pgvector", "0.8")}[backend]
+    assert db["backend"] == backend and db["index"] == index
+    assert db["index_state"] == "ok" and db["embedding_model_matches"]
+    assert db["software"][software].startswith(version)
     assert [(c["name"], c["ok"]) for c in report["checks"]] == [("embedding model", True),
                                                                 ("answer model", True)]
     assert report["database_problem"] is None
 
     text = ragserver("doctor", "--db", seeded_db, check=True).stdout
     for expected in ("llama-cpp-python 0.3.36", "sha256 " + models.QWEN_CODER.sha256,
-                     "the pinned file", "vss index", "ok     answer model",
+                     "the pinned file", f"{index} index", "ok     answer model",
                      "ok     embedding model", "generating"):
         assert expected in text, expected
 
 
+@pytest.mark.backends("sqlite")  # about the models; the database is only there
 def test_doctor_names_the_model_that_crashed_and_how(seeded_db):
     result = ragserver("doctor", "--db", seeded_db, env=crash_env("SIGILL"))
     assert result.returncode == 1

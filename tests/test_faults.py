@@ -263,6 +263,7 @@ def test_full_disk_during_ingest_stops_clearly_and_a_rerun_finishes(tmp_path, cl
 
 
 @needs_mounts
+@pytest.mark.backends("sqlite")  # a file on read-only media; PostgreSQL's files are its own
 def test_read_only_media_refuse_ingest_and_still_serve(tmp_path, seeded_db):
     """A database on a read-only mount: ingest says so and changes nothing; search, the API
     and the pages work."""
@@ -299,6 +300,7 @@ def test_read_only_media_refuse_ingest_and_still_serve(tmp_path, seeded_db):
     assert (media / "r.db").read_bytes() == before
 
 
+@pytest.mark.backends("sqlite")  # PostgreSQL's: tests/test_backends.py
 def test_broken_database_and_models_get_clear_errors_never_tracebacks(tmp_path, seeded_db,
                                                                       posts_dir):
     corrupt = tmp_path / "corrupt.db"

@@ -195,7 +195,10 @@ def test_rebuild_index_from_stored_vectors(db, embedder, posts_dir):
     expected = [h.passage_id for h in search_passages(db, embedder, "window functions", 5)]
     db.drop_index()
     assert db.count_index_rows() == 0
-    assert search_passages(db, embedder, "window functions", 5) == []  # no crash on empty
+    without_index = [h.passage_id for h in search_passages(db, embedder, "window functions", 5)]
+    # SQLite: no crash on an empty sqlite-vss index, and nothing found; PostgreSQL scans
+    # every vector until the HNSW index is back.
+    assert without_index == ([] if db.kind == "sqlite" else expected)
     assert db.rebuild_index(commit_rows=100) == db.count_vectors()
     assert [h.passage_id for h in search_passages(db, embedder, "window functions", 5)] == expected
 

@@ -8,9 +8,11 @@ in BACKENDS. Nothing outside this package knows which backend it talks to.
 from __future__ import annotations
 
 import importlib
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -21,8 +23,8 @@ from .records import (BackendUnavailable, CannotWrite, ExamplePost, Hit, IngestL
 __all__ = ["BACKENDS", "BackendUnavailable", "CannotWrite", "ExamplePost", "Hit", "IngestLocked",
            "KeptPassage", "ModelInfo", "ModelMismatchError", "NewPassage", "NewPost",
            "NotADatabase", "Post", "RelatedPost", "Stats", "Storage", "StoredPassage",
-           "database_errors", "describe", "exists", "open_storage", "shared_rate_limits", "vector_indexes",
-           "writer_lock"]
+           "database_errors", "describe", "exists", "open_storage", "redacted", "same_target",
+           "scrub", "shared_rate_limits", "vector_indexes", "writer_lock"]
 
 # URL scheme -> "module:class". A target without a scheme is a SQLite file path. The class
 # is called with the whole target (path or URL) and readonly=, create=; its static methods
@@ -115,6 +117,57 @@ def backend_of(target: str | Path) -> str:
     if scheme not in BACKENDS:
         raise ValueError(f"no storage backend for {scheme}:// (known: {', '.join(BACKENDS)})")
     return scheme
+
+
+def redacted(target: str | Path) -> str:
+    """The target for messages: a URL's password (postgresql://user:secret@host/db, or
+    ?password=secret) replaced by ***."""
+    text = str(target)
+    if "://" not in text:
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join("password=***" if piece.startswith("password=") else piece
+                     for piece in parts.query.split("&")) if parts.query else ""
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _secrets(target: str | Path) -> list[str]:
+    """The passwords a target's URL holds, as written and decoded."""
+    text = str(target)
+    if "://" not in text:
+        return []
+    parts = urlsplit(text)
+    found = [parts.password or ""]
+    found += [piece.partition("=")[2] for piece in parts.query.split("&")
+              if piece.startswith("password=")]
+    return [s for secret in found if secret for s in {secret, unquote(secret)}]
+
+
+def scrub(message: str, *targets: str | Path) -> str:
+    """A message with every password of these targets' URLs hidden (drivers' errors may
+    quote the URL)."""
+    for target in targets:
+        message = message.replace(str(target), redacted(target))
+        for secret in sorted(_secrets(target), key=len, reverse=True):
+            message = message.replace(secret, "***")
+    return message
+
+
+def same_target(a: str | Path, b: str | Path) -> bool:
+    """True when two targets name the same database: the same file for paths and sqlite://
+    URLs (through links and relative paths), the same URL otherwise."""
+    files = []
+    for target in (str(a), str(b)):
+        if "://" in target and not target.startswith("sqlite://"):
+            return str(a) == str(b)
+        files.append(Path(target.removeprefix("sqlite://")).expanduser())
+    if all(f.exists() for f in files):
+        return os.path.samefile(*files)
+    return files[0].resolve() == files[1].resolve()
 
 
 def _backend_class(name: str):

@@ -19,14 +19,17 @@ import numpy as np
 from ..terms import search_terms
 from .postgres_connection import (SCHEMA_VERSION, connect, migrate, redact, register_vectors,
                                   schema_version, writer_lock)
-from .records import (ExamplePost, Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatabase,
-                      Post, RelatedPost, Stats, StoredPassage, check_model)
+from .records import Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatabase, Stats
+from .sql import SQLStorage
 
 INDEX = "passages_embedding"
-# Candidates the HNSW graph search keeps (pgvector's default is 40). bench_scale measured
-# recall@10 against exact search at 1M real-passage-derived vectors for each value; this is
-# used unless the database, role or URL sets hnsw.ef_search itself.
-EF_SEARCH = 100
+# Candidates the HNSW graph search keeps (pgvector's default is 40), by the number of
+# passages, unless the database, role or URL sets hnsw.ef_search itself. bench_scale
+# (docs/benchmarks.md) measured recall@10 against exact search on real-passage-derived
+# vectors: 100 gives 0.970 at 200k but 0.887 at 1M, where 400 gives 0.963 (a top-10 query
+# in about 5 ms). Below that size 400 would make PostgreSQL plan a sequential scan and sort
+# instead of the index (20k passages: 66 ms a search against 5 ms at 100).
+EF_SEARCH = ((500_000, 400), (0, 100))  # (from this many passages, ef_search), largest first
 # Title and headings (A) weigh double the text (B), as in the SQLite backend's BM25.
 RANK_WEIGHTS = "{0, 0, 0.5, 1.0}"
 TEXT_SEARCH_CONFIG = "english"  # Snowball English stemming, like FTS5's porter tokenizer
@@ -34,20 +37,12 @@ WORDS = (f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', %s), 'A') || "
          f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', %s), 'A') || "
          f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}', %s), 'B')")
 
-_POST_COLUMNS = "id, source, origin, title, url, date, tags, content_hash"
-
-
 def _errors() -> tuple[type[BaseException], ...]:
     try:
         import psycopg
     except ImportError:
         return ()
     return (psycopg.Error,)
-
-
-def _post(row) -> Post:
-    return Post(id=row[0], source=row[1], origin=row[2], title=row[3], url=row[4],
-                date=row[5], tags=tuple(json.loads(row[6])), content_hash=row[7])
 
 
 def _vector(vector) -> np.ndarray:
@@ -62,7 +57,7 @@ def tsquery_text(text: str) -> str:
     return " or ".join(search_terms(text))
 
 
-class PostgresStorage:
+class PostgresStorage(SQLStorage):
     """One PostgreSQL database: posts, passages with their vectors and words, related posts.
 
     A read-only storage opens its session read-only, so nothing a web request does can
@@ -102,19 +97,25 @@ class PostgresStorage:
         sources = dict(self._sql("SELECT name, source FROM pg_settings WHERE name IN "
                                  "('hnsw.ef_search', 'hnsw.iterative_scan')").fetchall())
         if sources.get("hnsw.ef_search") == "default":
-            self._sql(f"SET hnsw.ef_search = {EF_SEARCH}")
+            passages = self._sql("SELECT greatest(reltuples, 0) FROM pg_class "
+                                 "WHERE oid = 'passages'::regclass").fetchone()[0]
+            ef_search = next(ef for least, ef in EF_SEARCH if passages >= least)
+            self._sql(f"SET hnsw.ef_search = {int(ef_search)}")
         if sources.get("hnsw.iterative_scan") == "default":  # pgvector 0.8 and newer
             # A search for more than ef_search passages goes on through the graph.
             self._sql("SET hnsw.iterative_scan = strict_order")
 
     def _sql(self, sql: str, parameters=None):
-        return self.conn.execute(sql, parameters)
+        return self.conn.execute(sql.replace("?", "%s"), parameters)
 
     def _sql_many(self, sql: str, rows) -> None:
         rows = list(rows)
         if rows:
             with self.conn.cursor() as cur:
-                cur.executemany(sql, rows)
+                cur.executemany(sql.replace("?", "%s"), rows)
+
+    def _vector_param(self, vector) -> np.ndarray:
+        return _vector(vector)
 
     @staticmethod
     def writer_lock(url: str):
@@ -156,49 +157,19 @@ class PostgresStorage:
 
     # -- meta and model ---------------------------------------------------------
 
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        """One value from the meta table."""
-        row = self._sql("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
-        return default if row is None else row[0]
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Set one value in the meta table."""
-        self._sql("INSERT INTO meta (key, value) VALUES (%s, %s) "
-                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
-
     def get_schema_version(self) -> int | None:
         """The last migration applied, or None when this is not a ragserver database."""
         return schema_version(self.conn)
 
-    def get_model_info(self) -> ModelInfo | None:
-        """The embedding model recorded in the database, or None for a new database."""
-        name = self.get_meta("embedding_model")
-        if name is None:
-            return None
-        return ModelInfo(name=name, dimension=int(self.get_meta("embedding_dimension")),
-                         query_prefix=self.get_meta("query_prefix", ""),
-                         passage_prefix=self.get_meta("passage_prefix", ""))
-
     def set_model_info(self, info: ModelInfo) -> None:
         """Record the model (in the caller's transaction) and fix the vectors' dimension; a new
         database gets its (empty) HNSW index, which then grows with every insert."""
-        self.set_meta("embedding_model", info.name)
-        self.set_meta("embedding_dimension", str(info.dimension))
-        self.set_meta("query_prefix", info.query_prefix)
-        self.set_meta("passage_prefix", info.passage_prefix)
+        self._record_model(info)
         dimension = int(info.dimension)
         for table in ("passages", "post_vectors"):
             self._sql(f"ALTER TABLE {table} ALTER COLUMN embedding TYPE vector({dimension})")
         if self.count_vectors() == 0:
             self.create_index()
-
-    def check_model(self, info: ModelInfo) -> None:
-        """Raise ModelMismatchError if the database was built with another model or prefixes."""
-        check_model(self.get_model_info(), info)
-
-    def get_generation(self) -> int:
-        """Counter bumped by every commit that changed the vectors (for messages and stats)."""
-        return int(self.get_meta("index_generation", "0"))
 
     def bump_generation(self) -> None:
         """Count one more change to the vectors."""
@@ -206,21 +177,6 @@ class PostgresStorage:
                   "(key) DO UPDATE SET value = (meta.value::bigint + 1)::text")
 
     # -- posts and passages -----------------------------------------------------
-
-    def get_post(self, source: str) -> Post | None:
-        """The post with this source id, if any."""
-        row = self._sql(f"SELECT {_POST_COLUMNS} FROM posts WHERE source = %s",
-                        (source,)).fetchone()
-        return None if row is None else _post(row)
-
-    def list_posts(self) -> list[Post]:
-        """Every post, by source."""
-        return [_post(r) for r in self._sql(
-            f"SELECT {_POST_COLUMNS} FROM posts ORDER BY source COLLATE \"C\"")]
-
-    def sources_for_origin(self, origin: str) -> set[str]:
-        """Source ids of the posts last ingested from this origin (a folder, glob or feed)."""
-        return {r[0] for r in self._sql("SELECT source FROM posts WHERE origin = %s", (origin,))}
 
     def write_post(self, post: NewPost, passages: list[NewPassage | KeptPassage],
                    drop: list[int]) -> bool:
@@ -251,18 +207,6 @@ class PostgresStorage:
             (post.source, post.origin, post.title, post.url, post.date,
              json.dumps(list(post.tags)), post.content_hash)).fetchone()[0]
 
-    def move_post(self, source: str, origin: str) -> None:
-        """Record that an unchanged post is now read from another origin (a moved folder)."""
-        self._sql("UPDATE posts SET origin = %s WHERE source = %s", (origin, source))
-
-    def passages_for_post(self, post_id: int) -> list[StoredPassage]:
-        """A post's passages in reading order."""
-        rows = self._sql(
-            "SELECT id, post_id, position, heading_path, anchor, text, content_hash "
-            "FROM passages WHERE post_id = %s ORDER BY position", (post_id,))
-        return [StoredPassage(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6])
-                for r in rows]
-
     def delete_passages(self, passage_ids) -> None:
         """Delete passages (their vectors and words go with their rows)."""
         ids = list(passage_ids)
@@ -274,24 +218,6 @@ class PostgresStorage:
         removed = self._sql("DELETE FROM passages WHERE post_id = %s", (post_id,)).rowcount
         self._sql("DELETE FROM posts WHERE id = %s", (post_id,))
         return removed
-
-    def example_posts(self, n: int) -> list[ExamplePost]:
-        """The n most recent posts with a title (undated posts last, ties by id), for examples."""
-        rows = self._sql(
-            "SELECT title, url FROM posts WHERE btrim(title) != '' "
-            "ORDER BY date IS NULL, date DESC, id LIMIT %s", (int(n),))
-        return [ExamplePost(*r) for r in rows]
-
-    def find_post(self, *, source: str | None = None, url: str | None = None) -> Post | None:
-        """A post by source id, or by its URL (ignoring a trailing slash and any #fragment)."""
-        if source:
-            return self.get_post(source)
-        if not url:
-            return None
-        bare = url.split("#", 1)[0].rstrip("/")
-        row = self._sql(f"SELECT {_POST_COLUMNS} FROM posts WHERE url IN (%s, %s) "
-                        "ORDER BY id LIMIT 1", (bare, bare + "/")).fetchone()
-        return None if row is None else _post(row)
 
     # -- the vector index -------------------------------------------------------
 
@@ -330,9 +256,9 @@ class PostgresStorage:
         return self.count_vectors() if self.index_exists() else 0
 
     def index_is_empty(self) -> bool:
-        """True while there is no valid HNSW index or no vector (without counting them all)."""
-        return not self.index_exists() or \
-            not self._sql("SELECT EXISTS (SELECT 1 FROM passages)").fetchone()[0]
+        """True when there is no vector to find. Without its HNSW index (while `reindex`
+        builds it) a search still answers, by scanning every vector."""
+        return not self._sql("SELECT EXISTS (SELECT 1 FROM passages)").fetchone()[0]
 
     def search_index(self, vector, k: int) -> list[Hit]:
         """Nearest passages to a normalised query vector by cosine distance, best first."""
@@ -358,23 +284,10 @@ class PostgresStorage:
         if not query or k <= 0:
             return []
         rows = self._sql(
-            f"SELECT p.id, ts_rank('{RANK_WEIGHTS}', p.words, q, 1) AS rank "
+            f"SELECT p.id, ts_rank('{RANK_WEIGHTS}', p.words, q) AS rank "
             f"FROM passages p, websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', %s) q "
             "WHERE p.words @@ q ORDER BY rank DESC, p.id LIMIT %s", (query, int(k))).fetchall()
         return self._hits({pid: float(rank) for pid, rank in rows})
-
-    def _hits(self, scores: dict[int, float], similarity: bool = False) -> list[Hit]:
-        """Hits for passage ids with their scores, best first."""
-        if not scores:
-            return []
-        details = self._sql(
-            "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text, o.date "
-            "FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id = ANY(%s)",
-            (list(scores),)).fetchall()
-        hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], scores[r[0]],
-                    r[7], scores[r[0]] if similarity else None)
-                for r in details]
-        return sorted(hits, key=lambda h: h.score, reverse=True)
 
     def extension_versions(self) -> dict:
         """Versions of PostgreSQL and pgvector."""
@@ -404,16 +317,6 @@ class PostgresStorage:
 
     # -- related posts ----------------------------------------------------------
 
-    def stale_post_vectors(self) -> tuple[list[int], list[int]]:
-        """(posts whose post vector is missing or older than the post, vectors of deleted posts)."""
-        changed = [r[0] for r in self._sql(
-            "SELECT o.id FROM posts o LEFT JOIN post_vectors v ON v.post_id = o.id "
-            "WHERE v.content_hash IS DISTINCT FROM o.content_hash ORDER BY o.id")]
-        gone = [r[0] for r in self._sql(
-            "SELECT post_id FROM post_vectors v WHERE NOT EXISTS "
-            "(SELECT 1 FROM posts o WHERE o.id = v.post_id) ORDER BY post_id")]
-        return changed, gone
-
     def passage_vectors_of_posts(self, post_ids: list[int]):
         """Yield (post id, content hash, matrix of its passage vectors) for posts that have any."""
         for start in range(0, len(post_ids), 500):
@@ -434,42 +337,6 @@ class PostgresStorage:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         return (np.array([r[0] for r in rows], np.int64), np.stack([_vector(r[1]) for r in rows]))
 
-    def related_lists(self) -> dict[int, list[tuple[int, float]]]:
-        """Every post's stored related posts: post id -> [(related id, score)] best first."""
-        lists: dict[int, list[tuple[int, float]]] = {}
-        for post_id, related_id, score in self._sql(
-                "SELECT post_id, related_id, score FROM related_posts ORDER BY post_id, rank"):
-            lists.setdefault(post_id, []).append((related_id, score))
-        return lists
-
-    def save_post_vectors(self, rows, gone: list[int]) -> None:
-        """Store (post id, content hash, vector) rows; forget the vectors of deleted posts."""
-        if gone:
-            self._sql("DELETE FROM post_vectors WHERE post_id = ANY(%s)", (list(gone),))
-        self._sql_many(
-            "INSERT INTO post_vectors (post_id, content_hash, embedding) VALUES (%s, %s, %s) "
-            "ON CONFLICT (post_id) DO UPDATE SET content_hash = excluded.content_hash, "
-            "embedding = excluded.embedding",
-            [(pid, digest, _vector(v)) for pid, digest, v in rows])
-
-    def save_related(self, lists: dict[int, list[tuple[int, float]]], gone: list[int]) -> None:
-        """Replace the related posts of the posts in `lists`; drop those of deleted posts."""
-        ids = [*lists, *gone]
-        if ids:
-            self._sql("DELETE FROM related_posts WHERE post_id = ANY(%s)", (ids,))
-        self._sql_many(
-            "INSERT INTO related_posts (post_id, rank, related_id, score) VALUES (%s, %s, %s, %s)",
-            [(pid, rank, rid, score) for pid, ranked in lists.items()
-             for rank, (rid, score) in enumerate(ranked, 1)])
-
-    def related_for(self, post_id: int, n: int = 10) -> list[RelatedPost]:
-        """A post's most similar posts, best first."""
-        rows = self._sql(
-            "SELECT o.source, o.title, o.url, o.date, r.score FROM related_posts r "
-            "JOIN posts o ON o.id = r.related_id WHERE r.post_id = %s ORDER BY r.rank LIMIT %s",
-            (post_id, n))
-        return [RelatedPost(*r) for r in rows]
-
     # -- re-embedding with another model ----------------------------------------
 
     def start_reembed(self, model_key: str) -> None:
@@ -477,22 +344,6 @@ class PostgresStorage:
         self._sql("CREATE TABLE IF NOT EXISTS reembed (passage_id BIGINT PRIMARY KEY, "
                   "model TEXT NOT NULL, content_hash TEXT NOT NULL, embedding VECTOR NOT NULL)")
         self._sql("DELETE FROM reembed WHERE model != %s", (model_key,))
-
-    def passages_missing_reembed(self, limit: int) -> list[tuple[int, str, tuple[str, ...], str]]:
-        """(passage id, post title, heading path, text) of passages not yet re-embedded."""
-        rows = self._sql(
-            "SELECT p.id, o.title, p.heading_path, p.text FROM passages p "
-            "JOIN posts o ON o.id = p.post_id WHERE NOT EXISTS "
-            "(SELECT 1 FROM reembed r WHERE r.passage_id = p.id) ORDER BY p.id LIMIT %s",
-            (limit,))
-        return [(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
-
-    def save_reembed(self, model_key: str, rows) -> None:
-        """Store (passage id, passage hash, vector) rows from the new model."""
-        self._sql_many(
-            "INSERT INTO reembed (passage_id, model, content_hash, embedding) "
-            "VALUES (%s, %s, %s, %s)",
-            [(pid, model_key, digest, _vector(v)) for pid, digest, v in rows])
 
     def switch_model(self, info: ModelInfo) -> None:
         """Swap the re-embedded vectors in and record their model (inside the caller's

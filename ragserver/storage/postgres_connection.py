@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import zlib
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 from .records import BackendUnavailable, IngestLocked, NotADatabase
 
@@ -90,14 +89,9 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ""
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    from . import redacted
+
+    return redacted(url)
 
 
 def _driver():
@@ -113,13 +107,16 @@ def _driver():
 def connect(url: str, *, readonly: bool = False):
     """An autocommit connection (each read sees every commit so far); read-only when asked."""
     psycopg = _driver()
-    options = "-c default_transaction_read_only=on" if readonly else ""
     try:
-        return psycopg.connect(url, autocommit=True, options=options, connect_timeout=10,
+        # No options= here: it would replace the URL's own (?options=-c hnsw.ef_search=...).
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
                                application_name=f"ragserver pid {os.getpid()}")
     except psycopg.OperationalError as error:
         reason = " ".join(str(error).split())
         raise ConnectionFailed(f"cannot connect to {redact(url)}: {reason}") from None
+    if readonly:
+        conn.execute("SET default_transaction_read_only = on")
+    return conn
 
 
 def register_vectors(conn) -> None:

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 
 from ..terms import search_terms
-from .records import (ExamplePost, Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatabase,
-                      Post, RelatedPost, Stats, StoredPassage, check_model)
+from .records import Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatabase, Stats
+from .sql import SQLStorage
 from .sqlite_connection import (COLLECTION, connect, database_errors, init_schema, transaction,
                                 writer_lock)
 
@@ -78,17 +78,9 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in search_terms(text))
 
 
-_POST_COLUMNS = "id, source, origin, title, url, date, tags, content_hash"
-
-
 def _file(target: str | Path) -> Path:
     """The database file of a path or a sqlite:// URL."""
     return Path(str(target).removeprefix("sqlite://"))
-
-
-def _post(row) -> Post:
-    return Post(id=row[0], source=row[1], origin=row[2], title=row[3], url=row[4],
-                date=row[5], tags=tuple(json.loads(row[6])), content_hash=row[7])
 
 
 def _metadata(post: NewPost, position: int, heading_path, anchor: str) -> str:
@@ -96,7 +88,7 @@ def _metadata(post: NewPost, position: int, heading_path, anchor: str) -> str:
                        "anchor": anchor, "headings": list(heading_path), "position": position})
 
 
-class SQLiteStorage:
+class SQLiteStorage(SQLStorage):
     """One SQLite database file: posts, passages, vectors, their index and related posts.
 
     A read-only storage is a reader: sqlite-vss loads its index when a connection
@@ -129,8 +121,11 @@ class SQLiteStorage:
     def _sql(self, sql: str, parameters=()):
         return self.conn.execute(sql, parameters)
 
-    def _sql_many(self, sql: str, rows):
-        return self.conn.executemany(sql, rows)
+    def _sql_many(self, sql: str, rows) -> None:
+        self.conn.executemany(sql, rows)
+
+    def _vector_param(self, vector) -> bytes:
+        return vector_to_blob(vector)
 
     @staticmethod
     def writer_lock(path: str | Path):
@@ -181,16 +176,6 @@ class SQLiteStorage:
 
     # -- meta and model ---------------------------------------------------------
 
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        """One value from the meta table."""
-        row = self._sql("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else row[0]
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Set one value in the meta table."""
-        self._sql("INSERT INTO meta(key, value) VALUES (?, ?) "
-                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
-
     def get_schema_version(self) -> int | None:
         """The schema version, or None when this is not (yet) a ragserver database."""
         if self._sql("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
@@ -198,31 +183,11 @@ class SQLiteStorage:
         value = self.get_meta("schema_version")
         return None if value is None else int(value)
 
-    def get_model_info(self) -> ModelInfo | None:
-        """The embedding model recorded in the database, or None for a new database."""
-        name = self.get_meta("embedding_model")
-        if name is None:
-            return None
-        return ModelInfo(name=name, dimension=int(self.get_meta("embedding_dimension")),
-                         query_prefix=self.get_meta("query_prefix", ""),
-                         passage_prefix=self.get_meta("passage_prefix", ""))
-
     def set_model_info(self, info: ModelInfo) -> None:
         """Record the model (in the caller's transaction) and create the index for its dimension."""
-        self.set_meta("embedding_model", info.name)
-        self.set_meta("embedding_dimension", str(info.dimension))
-        self.set_meta("query_prefix", info.query_prefix)
-        self.set_meta("passage_prefix", info.passage_prefix)
+        self._record_model(info)
         self._sql("UPDATE collections SET model = ? WHERE name = ?", (info.name, COLLECTION))
         self.create_index(info.dimension)
-
-    def check_model(self, info: ModelInfo) -> None:
-        """Raise ModelMismatchError if the database was built with another model or prefixes."""
-        check_model(self.get_model_info(), info)
-
-    def get_generation(self) -> int:
-        """Counter bumped by every commit that changed the vector index."""
-        return int(self.get_meta("index_generation", "0"))
 
     def bump_generation(self) -> None:
         """Tell readers the vector index changed (sqlite-vss readers must reopen to see it)."""
@@ -230,19 +195,6 @@ class SQLiteStorage:
                   "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     # -- posts and passages -----------------------------------------------------
-
-    def get_post(self, source: str) -> Post | None:
-        """The post with this source id, if any."""
-        row = self._sql(f"SELECT {_POST_COLUMNS} FROM posts WHERE source = ?", (source,)).fetchone()
-        return None if row is None else _post(row)
-
-    def list_posts(self) -> list[Post]:
-        """Every post, by source."""
-        return [_post(r) for r in self._sql(f"SELECT {_POST_COLUMNS} FROM posts ORDER BY source")]
-
-    def sources_for_origin(self, origin: str) -> set[str]:
-        """Source ids of the posts last ingested from this origin (a folder, glob or feed)."""
-        return {r[0] for r in self._sql("SELECT source FROM posts WHERE origin = ?", (origin,))}
 
     def write_post(self, post: NewPost, passages: list[NewPassage | KeptPassage],
                    drop: list[int]) -> bool:
@@ -274,18 +226,6 @@ class SQLiteStorage:
             "ingested_at = excluded.ingested_at",
             (source, origin, title, url, date, json.dumps(list(tags)), content_hash, now))
         return self._sql("SELECT id FROM posts WHERE source = ?", (source,)).fetchone()[0]
-
-    def move_post(self, source: str, origin: str) -> None:
-        """Record that an unchanged post is now read from another origin (a moved folder)."""
-        self._sql("UPDATE posts SET origin = ? WHERE source = ?", (origin, source))
-
-    def passages_for_post(self, post_id: int) -> list[StoredPassage]:
-        """A post's passages in reading order."""
-        rows = self._sql(
-            "SELECT id, post_id, position, heading_path, anchor, text, content_hash "
-            "FROM passages WHERE post_id = ? ORDER BY position", (post_id,))
-        return [StoredPassage(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6])
-                for r in rows]
 
     def _insert_passage(self, collection_id: int, post: NewPost, post_id: int,
                         passage: NewPassage) -> int:
@@ -435,21 +375,6 @@ class SQLiteStorage:
             [self.collection_id(), *map(str, passage_ids)]).fetchall()
         return {pid: blob_to_vector(blob) for pid, blob in rows}
 
-    def _hits(self, scores: dict[int, float], similarity: bool = False) -> list[Hit]:
-        """Hits for passage ids with their scores (also their similarity, for cosine scores),
-        best first."""
-        if not scores:
-            return []
-        marks = ",".join("?" * len(scores))
-        details = self._sql(
-            "SELECT p.id, o.source, o.title, o.url, p.anchor, p.heading_path, p.text, o.date "
-            f"FROM passages p JOIN posts o ON o.id = p.post_id WHERE p.id IN ({marks})",
-            list(scores)).fetchall()
-        hits = [Hit(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], scores[r[0]],
-                    r[7], scores[r[0]] if similarity else None)
-                for r in details]
-        return sorted(hits, key=lambda h: h.score, reverse=True)
-
     def extension_versions(self) -> dict:
         """Versions of SQLite and the vector extensions loaded into this connection."""
         sqlite, vss, vec = self._sql(
@@ -478,15 +403,6 @@ class SQLiteStorage:
 
     # -- related posts ----------------------------------------------------------
 
-    def stale_post_vectors(self) -> tuple[list[int], list[int]]:
-        """(posts whose post vector is missing or older than the post, vectors of deleted posts)."""
-        changed = [r[0] for r in self._sql(
-            "SELECT o.id FROM posts o LEFT JOIN post_vectors v ON v.post_id = o.id "
-            "WHERE v.content_hash IS NOT o.content_hash ORDER BY o.id")]
-        gone = [r[0] for r in self._sql(
-            "SELECT post_id FROM post_vectors WHERE post_id NOT IN (SELECT id FROM posts)")]
-        return changed, gone
-
     def passage_vectors_of_posts(self, post_ids: list[int]):
         """Yield (post id, content hash, matrix of its passage vectors) for posts that have any."""
         cid = self.collection_id()
@@ -512,55 +428,9 @@ class SQLiteStorage:
         return (np.array([r[0] for r in rows], np.int64),
                 np.stack([blob_to_vector(r[1]) for r in rows]))
 
-    def related_lists(self) -> dict[int, list[tuple[int, float]]]:
-        """Every post's stored related posts: post id -> [(related id, score)] best first."""
-        lists: dict[int, list[tuple[int, float]]] = {}
-        for post_id, related_id, score in self._sql(
-                "SELECT post_id, related_id, score FROM related_posts ORDER BY post_id, rank"):
-            lists.setdefault(post_id, []).append((related_id, score))
-        return lists
-
-    def save_post_vectors(self, rows, gone: list[int]) -> None:
-        """Store (post id, content hash, vector) rows; forget the vectors of deleted posts."""
-        self._sql_many("DELETE FROM post_vectors WHERE post_id = ?", [(i,) for i in gone])
-        self._sql_many(
-            "INSERT INTO post_vectors(post_id, content_hash, embedding) VALUES (?, ?, ?) "
-            "ON CONFLICT(post_id) DO UPDATE SET content_hash = excluded.content_hash, "
-            "embedding = excluded.embedding",
-            [(pid, digest, vector_to_blob(v)) for pid, digest, v in rows])
-
-    def save_related(self, lists: dict[int, list[tuple[int, float]]], gone: list[int]) -> None:
-        """Replace the related posts of the posts in `lists`; drop those of deleted posts."""
-        self._sql_many("DELETE FROM related_posts WHERE post_id = ?",
-                       [(i,) for i in [*lists, *gone]])
-        self._sql_many(
-            "INSERT INTO related_posts(post_id, rank, related_id, score) VALUES (?, ?, ?, ?)",
-            [(pid, rank, rid, score) for pid, ranked in lists.items()
-             for rank, (rid, score) in enumerate(ranked, 1)])
-
     def forget_post_vectors(self) -> None:
         """Mark every post vector stale (after the passages were re-embedded with another model)."""
         self._sql("DELETE FROM post_vectors")
-
-    def find_post(self, *, source: str | None = None, url: str | None = None) -> Post | None:
-        """A post by source id, or by its URL (ignoring a trailing slash and any #fragment)."""
-        if source:
-            return self.get_post(source)
-        if not url:
-            return None
-        bare = url.split("#", 1)[0].rstrip("/")
-        row = self._sql(f"SELECT {_POST_COLUMNS} FROM posts WHERE url IN (?, ?) "
-                        "ORDER BY id LIMIT 1",
-                        (bare, bare + "/")).fetchone()
-        return None if row is None else _post(row)
-
-    def related_for(self, post_id: int, n: int = 10) -> list[RelatedPost]:
-        """A post's most similar posts, best first."""
-        rows = self._sql(
-            "SELECT o.source, o.title, o.url, o.date, r.score FROM related_posts r "
-            "JOIN posts o ON o.id = r.related_id WHERE r.post_id = ? ORDER BY r.rank LIMIT ?",
-            (post_id, n))
-        return [RelatedPost(*r) for r in rows]
 
     # -- re-embedding with another model ----------------------------------------
 
@@ -569,20 +439,6 @@ class SQLiteStorage:
         self._sql("CREATE TABLE IF NOT EXISTS reembed (passage_id INTEGER PRIMARY KEY, "
                   "model TEXT NOT NULL, content_hash TEXT NOT NULL, embedding BLOB NOT NULL)")
         self._sql("DELETE FROM reembed WHERE model != ?", (model_key,))
-
-    def passages_missing_reembed(self, limit: int) -> list[tuple[int, str, tuple[str, ...], str]]:
-        """(passage id, post title, heading path, text) of passages not yet re-embedded."""
-        rows = self._sql(
-            "SELECT p.id, o.title, p.heading_path, p.text FROM passages p "
-            "JOIN posts o ON o.id = p.post_id "
-            "WHERE p.id NOT IN (SELECT passage_id FROM reembed) ORDER BY p.id LIMIT ?", (limit,))
-        return [(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
-
-    def save_reembed(self, model_key: str, rows) -> None:
-        """Store (passage id, passage hash, vector) rows from the new model."""
-        self._sql_many(
-            "INSERT INTO reembed(passage_id, model, content_hash, embedding) VALUES (?, ?, ?, ?)",
-            [(pid, model_key, digest, vector_to_blob(v)) for pid, digest, v in rows])
 
     def apply_reembed(self) -> None:
         """Swap the new vectors and passage hashes in, then drop the side table."""
@@ -644,10 +500,3 @@ class SQLiteStorage:
             "WHERE passages_fts MATCH ? ORDER BY rank LIMIT ?", (query, int(k))).fetchall()
         # bm25() is lower-is-better and unbounded; report its negation as the score.
         return self._hits({rowid: -float(rank) for rowid, rank in rows})
-
-    def example_posts(self, n: int) -> list[ExamplePost]:
-        """The n most recent posts with a title (undated posts last, ties by id), for examples."""
-        rows = self._sql(
-            "SELECT title, url FROM posts WHERE trim(title) != '' "
-            "ORDER BY date IS NULL, date DESC, id LIMIT ?", (int(n),))
-        return [ExamplePost(*r) for r in rows]

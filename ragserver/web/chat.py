@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from ..answer import Event, Options, answer
-from ..storage import database_errors, exists
+from ..storage import BackendUnavailable, database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
 from ..render import checked_answer
@@ -33,17 +33,18 @@ def _events(question: str, history: list[dict], stop=None):
     """answer() with the app's models, readers and settings."""
     svc = services()
     settings = svc.settings
-    if not exists(settings.database):
-        yield Event("error", {"message": "No posts have been ingested yet: run "
-                                         "`ragserver ingest SOURCE...` first."})
-        return
     try:
+        if not svc.pool.has_database():
+            yield Event("error", {"message": "No posts have been ingested yet: run "
+                                             "`ragserver ingest SOURCE...` first."})
+            return
         embedder = svc.embedder()
         model = svc.llm()
         yield from answer(question, history, db=svc.reading, embedder=embedder, model=model,
                           gate=svc.gate, options=Options.from_settings(settings),
                           should_stop=stop.is_set if stop else (lambda: False))
-    except (HTTPException, *database_errors(), EmbedderError, LLMError) as error:
+    except (HTTPException, *database_errors(), BackendUnavailable, EmbedderError,
+            LLMError) as error:
         # A missing model, an unreadable database, no connection free: say so in the
         # answer, not as a broken stream. (Generation errors arrive as events already.)
         message = error.description if isinstance(error, HTTPException) else str(error)
@@ -77,12 +78,12 @@ def example_question(title: str) -> str:
 def _example_questions(n: int) -> list[str]:
     """Questions from the n most recent posts; none when the database is missing, empty or busy."""
     svc = services()
-    if not exists(svc.settings.database):
-        return []
     try:
+        if not svc.pool.has_database():
+            return []
         with svc.reading() as conn:
             posts = conn.example_posts(n)
-    except (HTTPException, *database_errors()):
+    except (HTTPException, *database_errors(), BackendUnavailable):
         # Examples are a nicety: a busy, damaged or not yet ingested database must not
         # keep anyone from the page (asking says what is wrong).
         return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from ..storage import backend_of, exists, open_storage
+from ..storage import NotADatabase, backend_of, exists, open_storage
 from ..llm import LLMError, resolve_gguf
 from .services import services
 
@@ -25,6 +25,9 @@ def healthz():
             stats = storage.get_stats()
         finally:
             storage.close()
+    except NotADatabase as error:  # a PostgreSQL database nothing was ingested into yet
+        return jsonify(status="no database", **where, error=str(error),
+                       hint="run `ragserver ingest SOURCE...`"), 503
     except Exception as error:  # corrupt or unreadable file, server down: report, no traceback
         return jsonify(status="database error", **where, error=str(error)), 503
     index_ok = stats.index_rows == stats.vectors and stats.index_state == "ok"

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from werkzeug.exceptions import ServiceUnavailable
 
-from ..storage import Storage, database_errors, open_storage
+from ..storage import NotADatabase, Storage, database_errors, exists, open_storage
 
 # Read connections open at once: searches are CPU-bound (two cores here), so more would
 # only queue elsewhere, and each sqlite-vss connection holds its own copy of the index.
@@ -23,6 +23,22 @@ class ReaderPool:
         self.database = database
         self._idle: queue.LifoQueue[Storage] = queue.LifoQueue()
         self._lendable = threading.BoundedSemaphore(READERS)
+        self._found = False
+
+    def has_database(self) -> bool:
+        """False while there is no ragserver database to read yet: no SQLite file, or a
+        PostgreSQL database nothing was ingested into. Once found, it is not asked again."""
+        if self._found:
+            return True
+        if not exists(self.database):
+            return False
+        try:
+            with self.reading():
+                pass
+        except NotADatabase:
+            return False
+        self._found = True
+        return True
 
     @contextmanager
     def reading(self):

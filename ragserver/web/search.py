@@ -9,7 +9,6 @@ from flask import Blueprint, jsonify, render_template, request
 from ..related import TOP, NotFound, related_posts
 from ..results import more_passage, related_post, search_hit
 from ..retrieve import search_posts
-from ..storage import exists
 from .limits import check_rate
 from .services import services
 from .validation import BadParameter, BadQuestion, check_question, read_mode, read_whole_number
@@ -40,7 +39,7 @@ def cors(response):
 
 
 def _no_posts() -> bool:
-    return not exists(services().settings.database)
+    return not services().pool.has_database()
 
 
 def _search(query: str, n: int, mode: str, offset: int = 0, per_post: int = 1):
