@@ -419,9 +419,9 @@ def _open_target(target: str, *, readonly: bool = False, create: bool = False,
                  hide: str | None = None):
     """Open a database given as a path or URL, for a command that names it itself; every
     failure is a clear message without a password of `target` or `hide`."""
-    from .storage import BackendUnavailable, NotADatabase, open_storage, redacted, scrub
+    from .storage import BackendUnavailable, NotADatabase, exists, open_storage, redacted, scrub
 
-    if not create and "://" not in target and not os.path.exists(target):
+    if not create and not exists(target):
         raise click.ClickException(f"no database at {target}; nothing was copied.")
     try:
         return open_storage(target, readonly=readonly, create=create)

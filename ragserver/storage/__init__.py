@@ -192,7 +192,8 @@ def vector_indexes(target: str | Path) -> tuple[str, ...]:
 
 def shared_rate_limits(target: str | Path):
     """Rate limit buckets shared by every web worker of this database (an object with
-    take(name, key, per_minute) -> seconds to wait), or None where each worker counts alone."""
+    take(name, key, per_minute, spend) -> seconds to wait, `spend` being the bucket
+    arithmetic), or None where each worker counts alone."""
     return _backend_class(backend_of(target)).shared_rate_limits(str(target))
 
 

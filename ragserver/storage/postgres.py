@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from ..terms import search_terms
-from .postgres_connection import (SCHEMA_VERSION, connect, migrate, redact, register_vectors,
+from . import redacted
+from .postgres_connection import (SCHEMA_VERSION, connect, migrate, register_vectors,
                                   schema_version, writer_lock)
 from .records import Hit, KeptPassage, ModelInfo, NewPassage, NewPost, NotADatabase, Stats
 from .sql import SQLStorage
@@ -71,18 +72,17 @@ class PostgresStorage(SQLStorage):
     def __init__(self, url: str, *, readonly: bool = False, create: bool = False):
         self.url = url
         self.readonly = readonly
-        self.reopened = 0
         self.conn = connect(url, readonly=readonly)
         try:
             if create and not readonly:
                 migrate(self.conn, url)
             version = schema_version(self.conn)
             if version is None:
-                raise NotADatabase(f"{redact(url)} holds no ragserver database")
+                raise NotADatabase(f"{redacted(url)} holds no ragserver database")
             if version < SCHEMA_VERSION:
                 if readonly:
                     raise NotADatabase(
-                        f"{redact(url)} has schema version {version}, older than this ragserver's "
+                        f"{redacted(url)} has schema version {version}, older than this ragserver's "
                         f"{SCHEMA_VERSION}: any writing command (ingest, reindex) migrates it")
                 migrate(self.conn, url)
             register_vectors(self.conn)
@@ -135,12 +135,12 @@ class PostgresStorage(SQLStorage):
     @staticmethod
     def describe(url: str) -> str:
         """The URL without its password."""
-        return redact(url)
+        return redacted(url)
 
     @property
     def location(self) -> str:
         """Where the data lives, for messages (no password)."""
-        return redact(self.url)
+        return redacted(self.url)
 
     def close(self) -> None:
         """Close the connection."""
@@ -411,9 +411,10 @@ class SharedRateLimits:
         self._lock = threading.Lock()  # one connection per worker, one statement at a time
         self._swept = 0.0
 
-    def take(self, name: str, key: str, per_minute: int) -> float:
-        """0 when `key` may go ahead (and it is counted), else seconds until it may."""
-        rate = per_minute / 60.0
+    def take(self, name: str, key: str, per_minute: int, spend) -> float:
+        """0 when `key` may go ahead (and it is counted), else seconds until it may; `spend`
+        is the bucket arithmetic (web/limits.py): (tokens, elapsed, per_minute) -> (tokens
+        left, seconds to wait)."""
         with self._lock:
             if self._conn is None or self._conn.closed:
                 self._conn = connect(self.url)
@@ -428,11 +429,9 @@ class SharedRateLimits:
                     tokens, updated = conn.execute(
                         "SELECT tokens, updated FROM rate_limits WHERE name = %s AND key = %s "
                         "FOR UPDATE", (name, key)).fetchone()
-                    tokens = min(float(per_minute), tokens + max(0.0, now - updated) * rate)
-                    wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+                    tokens, wait = spend(tokens, now - updated, per_minute)
                     conn.execute("UPDATE rate_limits SET tokens = %s, updated = %s "
-                                 "WHERE name = %s AND key = %s",
-                                 (tokens - 1.0 if wait == 0.0 else tokens, now, name, key))
+                                 "WHERE name = %s AND key = %s", (tokens, now, name, key))
                     if now - self._swept >= 60:
                         self._swept = now
                         conn.execute("DELETE FROM rate_limits WHERE updated < %s", (now - 60,))

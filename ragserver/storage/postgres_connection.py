@@ -12,6 +12,7 @@ import os
 import zlib
 from contextlib import contextmanager
 
+from . import redacted
 from .records import BackendUnavailable, IngestLocked, NotADatabase
 
 
@@ -87,13 +88,6 @@ CREATE TABLE rate_limits (
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    from . import redacted
-
-    return redacted(url)
-
-
 def _driver():
     try:
         import psycopg
@@ -113,7 +107,7 @@ def connect(url: str, *, readonly: bool = False):
                                application_name=f"ragserver pid {os.getpid()}")
     except psycopg.OperationalError as error:
         reason = " ".join(str(error).split())
-        raise ConnectionFailed(f"cannot connect to {redact(url)}: {reason}") from None
+        raise ConnectionFailed(f"cannot connect to {redacted(url)}: {reason}") from None
     if readonly:
         conn.execute("SET default_transaction_read_only = on")
     return conn
@@ -150,7 +144,7 @@ def migrate(conn, url: str) -> int:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         except psycopg.Error as error:
             raise BackendUnavailable(
-                f"cannot use pgvector in {redact(url)} ({error.diag.message_primary or error}); "
+                f"cannot use pgvector in {redacted(url)} ({error.diag.message_primary or error}); "
                 "an administrator can enable it once with: CREATE EXTENSION vector") from None
         conn.execute("CREATE TABLE IF NOT EXISTS ragserver_migrations (version INTEGER PRIMARY "
                      "KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
@@ -187,7 +181,7 @@ def writer_lock(url: str):
             if row:
                 holder = (row[0] or "unknown") + (f" from {row[1]}" if row[1] else "")
             raise IngestLocked(
-                f"another ingest is already running on {redact(url)} ({holder}); "
+                f"another ingest is already running on {redacted(url)} ({holder}); "
                 "this run did nothing. Try again when it has finished.")
         try:
             yield

@@ -12,6 +12,17 @@ from flask import request
 from werkzeug.exceptions import TooManyRequests
 
 
+def spend(tokens: float, elapsed: float, per_minute: int) -> tuple[float, float]:
+    """One request against a bucket that held `tokens` `elapsed` seconds ago and refills at
+    `per_minute` a minute, up to `per_minute`: (tokens left, 0) when it may go ahead, else
+    (tokens, seconds until it may). The arithmetic of every bucket, in memory or shared."""
+    rate = per_minute / 60.0
+    tokens = min(float(per_minute), tokens + max(0.0, elapsed) * rate)
+    if tokens >= 1.0:
+        return tokens - 1.0, 0.0
+    return tokens, (1.0 - tokens) / rate
+
+
 class RateLimit:
     """`per_minute` requests a minute per key, in bursts of up to `per_minute`.
 
@@ -34,21 +45,17 @@ class RateLimit:
             return 0.0
         if self.shared is not None:
             try:
-                return self.shared.take(self.name, key, self.per_minute)
+                return self.shared.take(self.name, key, self.per_minute, spend)
             except Exception as error:  # the database is down: count here, in this worker
                 logging.getLogger("ragserver.web").warning(
                     "shared rate limits unavailable (%s); counting in this worker", error)
-        rate = self.per_minute / 60.0
         with self._lock:
             now = self._clock()
             self._sweep(now)
             tokens, updated = self._buckets.get(key, (float(self.per_minute), now))
-            tokens = min(float(self.per_minute), tokens + (now - updated) * rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
+            tokens, wait = spend(tokens, now - updated, self.per_minute)
             self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / rate
+            return wait
 
     def _sweep(self, now: float) -> None:
         if now - self._swept < 60:
