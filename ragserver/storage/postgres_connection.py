@@ -84,6 +84,24 @@ CREATE TABLE rate_limits (
     PRIMARY KEY (name, key)
 );
 """),
+    (3, "topics and the map of posts", """
+CREATE TABLE topics (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    label_source TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    x DOUBLE PRECISION NOT NULL,
+    y DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE post_map (
+    post_id BIGINT PRIMARY KEY,
+    topic_id INTEGER NOT NULL,
+    x DOUBLE PRECISION NOT NULL,
+    y DOUBLE PRECISION NOT NULL,
+    centrality DOUBLE PRECISION NOT NULL,
+    content_hash TEXT NOT NULL
+);
+"""),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

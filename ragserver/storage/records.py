@@ -123,6 +123,32 @@ class RelatedPost:
 
 
 @dataclass(frozen=True)
+class Topic:
+    """A group of similar posts, named by its keywords or by a label the model wrote."""
+    id: int
+    label: str
+    label_source: str  # "model" or "keywords"
+    keywords: tuple[str, ...]
+    x: float  # the centre of its posts on the map
+    y: float
+
+
+@dataclass(frozen=True)
+class MapPoint:
+    """A post on the map: its topic, where it sits (0..1 both ways) and how central it is to
+    its topic (cosine to the topic's mean vector)."""
+    post_id: int
+    source: str
+    title: str
+    url: str
+    date: str | None
+    topic: int
+    x: float
+    y: float
+    centrality: float
+
+
+@dataclass(frozen=True)
 class Stats:
     posts: int
     passages: int

@@ -13,7 +13,8 @@ import json
 
 import numpy as np
 
-from .records import ExamplePost, Hit, ModelInfo, Post, RelatedPost, StoredPassage, check_model
+from .records import (ExamplePost, Hit, MapPoint, ModelInfo, Post, RelatedPost, StoredPassage,
+                      Topic, check_model)
 
 POST_COLUMNS = "id, source, origin, title, url, date, tags, content_hash"
 
@@ -182,6 +183,83 @@ class SQLStorage:
             "JOIN posts o ON o.id = r.related_id WHERE r.post_id = ? ORDER BY r.rank LIMIT ?",
             (post_id, n))
         return [RelatedPost(*r) for r in rows]
+
+    # -- topics and the map -----------------------------------------------------
+
+    def _has_map(self) -> bool:
+        """False for a database made before topics existed and not written since."""
+        return True
+
+    def get_map_state(self) -> dict:
+        """What the last full build of topics and the map recorded (empty before any)."""
+        return json.loads(self.get_meta("map_state") or "{}")
+
+    def topics(self) -> list[Topic]:
+        """Every topic, by id (the largest first)."""
+        if not self._has_map():
+            return []
+        rows = self._sql("SELECT id, label, label_source, keywords, x, y FROM topics ORDER BY id")
+        return [Topic(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5]) for r in rows]
+
+    _MAP_POINT = ("SELECT o.id, o.source, o.title, o.url, o.date, m.topic_id, m.x, m.y, "
+                  "m.centrality FROM post_map m JOIN posts o ON o.id = m.post_id ")
+
+    def map_points(self) -> list[MapPoint]:
+        """Every post placed on the map, by post id."""
+        if not self._has_map():
+            return []
+        return [MapPoint(*r) for r in self._sql(self._MAP_POINT + "ORDER BY o.id")]
+
+    def map_point(self, post_id: int) -> MapPoint | None:
+        """One post's place on the map, if it has one."""
+        if not self._has_map():
+            return None
+        row = self._sql(self._MAP_POINT + "WHERE m.post_id = ?", (post_id,)).fetchone()
+        return None if row is None else MapPoint(*row)
+
+    def map_near(self, point: MapPoint, n: int) -> list[MapPoint]:
+        """The n posts nearest to a point on the map (not the point's own post), nearest first."""
+        rows = self._sql(
+            self._MAP_POINT + "WHERE m.post_id != ? ORDER BY (m.x - ?) * (m.x - ?) + "
+            "(m.y - ?) * (m.y - ?), o.id LIMIT ?",
+            (point.post_id, point.x, point.x, point.y, point.y, int(n)))
+        return [MapPoint(*r) for r in rows]
+
+    def map_hashes(self) -> dict[int, str]:
+        """post id -> the content hash of the post when it was placed on the map."""
+        if not self._has_map():
+            return {}
+        return dict(self._sql("SELECT post_id, content_hash FROM post_map").fetchall())
+
+    def save_map(self, topics: list[Topic], rows, state: dict) -> None:
+        """Replace every topic and placement: rows of (post id, topic id, x, y, centrality,
+        content hash)."""
+        self._sql("DELETE FROM topics")
+        self._sql("DELETE FROM post_map")
+        self._sql_many("INSERT INTO topics (id, label, label_source, keywords, x, y) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       [(t.id, t.label, t.label_source, json.dumps(list(t.keywords)), t.x, t.y)
+                        for t in topics])
+        self.save_map_points(rows, [])
+        self.set_meta("map_state", json.dumps(state, sort_keys=True))
+
+    def save_map_points(self, rows, gone: list[int]) -> None:
+        """Place (or move) posts on the map; forget the places of `gone` posts."""
+        self._sql_many("DELETE FROM post_map WHERE post_id = ?", [(i,) for i in gone])
+        self._sql_many(
+            "INSERT INTO post_map (post_id, topic_id, x, y, centrality, content_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (post_id) DO UPDATE SET "
+            "topic_id = excluded.topic_id, x = excluded.x, y = excluded.y, "
+            "centrality = excluded.centrality, content_hash = excluded.content_hash",
+            [(int(p), int(t), float(x), float(y), float(c), h) for p, t, x, y, c, h in rows])
+
+    def post_texts(self) -> dict[int, str]:
+        """post id -> its passages as one text (for topic keywords)."""
+        texts: dict[int, list[str]] = {}
+        for post_id, text in self._sql("SELECT post_id, text FROM passages ORDER BY post_id, "
+                                       "position"):
+            texts.setdefault(post_id, []).append(text)
+        return {pid: "\n".join(parts) for pid, parts in texts.items()}
 
     # -- re-embedding with another model ----------------------------------------
 

@@ -109,10 +109,10 @@ class SQLiteStorage(SQLStorage):
         self._collection_id: int | None = None
         self.conn = connect(self.path, readonly=readonly)
         try:
-            if create:
-                init_schema(self.conn)
-            elif self.get_schema_version() is None:
+            if not create and self.get_schema_version() is None:
                 raise NotADatabase(f"{self.path} is not a ragserver database")
+            if not readonly:  # tables added since the file was made (IF NOT EXISTS)
+                init_schema(self.conn)
             self._generation = self.get_generation()
         except BaseException:
             self.conn.close()
@@ -193,6 +193,12 @@ class SQLiteStorage(SQLStorage):
         """Tell readers the vector index changed (sqlite-vss readers must reopen to see it)."""
         self._sql("INSERT INTO meta(key, value) VALUES ('index_generation', '1') "
                   "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+    def _has_map(self) -> bool:
+        """False for a file made before topics existed and not written since (its next
+        writer creates the tables)."""
+        return self._sql("SELECT 1 FROM sqlite_master WHERE name = 'post_map'").fetchone() \
+            is not None
 
     # -- posts and passages -----------------------------------------------------
 

@@ -78,6 +78,24 @@ CREATE TABLE IF NOT EXISTS related_posts (
     score REAL NOT NULL,
     PRIMARY KEY (post_id, rank)
 );
+-- Explore: topics (groups of similar posts) and every post's place on the map, derived
+-- from post_vectors by ragserver.explore and rebuilt when enough posts changed.
+CREATE TABLE IF NOT EXISTS topics (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    label_source TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    x REAL NOT NULL,
+    y REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS post_map (
+    post_id INTEGER PRIMARY KEY,
+    topic_id INTEGER NOT NULL,
+    x REAL NOT NULL,
+    y REAL NOT NULL,
+    centrality REAL NOT NULL,
+    content_hash TEXT NOT NULL
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
     title, headings, text, tokenize = 'porter unicode61'
 );
