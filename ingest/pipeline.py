@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ragserver import related
+from ragserver import explore, related
 from ragserver.embedder import Embedder
 from ragserver.storage import KeptPassage, ModelInfo, NewPassage, NewPost, Post, Storage
 
@@ -42,6 +42,7 @@ class Summary:
     embedded: int = 0
     reused: int = 0
     related: int = 0
+    topics: str = "topics unchanged"
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -50,7 +51,7 @@ class Summary:
         return (f"posts: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
                 f"{self.deleted} deleted, {len(self.skipped)} skipped; "
                 f"passages embedded: {self.embedded}; related lists updated: {self.related}; "
-                f"{self.seconds:.1f}s")
+                f"{self.topics}; {self.seconds:.1f}s")
 
 
 @dataclass
@@ -95,8 +96,10 @@ class Ingester:
 
     def __init__(self, db: Storage, embedder: Embedder, *, commit_rows: int = 1000,
                  on_event: Callable[[str, str], None] | None = None,
-                 vector_index: str | None = None):
+                 vector_index: str | None = None, labeler=None, threads: int = 1):
         self.db = db
+        self.labeler = labeler  # names rebuilt topics (ragserver.explore.topics.Labeler)
+        self.threads = threads
         self.embedder = embedder
         self.commit_rows = max(1, commit_rows)
         self.on_event = on_event or (lambda kind, name: None)
@@ -136,6 +139,8 @@ class Ingester:
                 self._prune(source.origin, seen)
         self.flush()
         self.summary.related = related.refresh(self.db)
+        self.summary.topics = explore.refresh(self.db, labeler=self.labeler,
+                                              threads=self.threads).line()
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
@@ -286,4 +291,5 @@ def reembed_all(db: Storage, embedder: Embedder, commit_rows: int = 1000,
         db.switch_model(info)
     db.rebuild_index(commit_rows, vector_index=vector_index)
     related.refresh(db)
+    explore.refresh(db, rebuild=True)
     return done

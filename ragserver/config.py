@@ -101,6 +101,11 @@ class Settings:
         "RAGSERVER_LLM_MAX_MEMORY_MB", 0,
         "Memory the local model's process may use before it is killed and restarted "
         "(0: twice the model file plus 1 GB).")
+    topic_labels: str = _setting(
+        "RAGSERVER_TOPIC_LABELS", "model",
+        "How topics are named when they are rebuilt: model (the answer model writes a short "
+        "label, kept only if its words come from the topic's titles and keywords) or keywords "
+        "(the topic's most distinctive words; no model is loaded).")
     max_answer_tokens: int = _setting(
         "RAGSERVER_MAX_ANSWER_TOKENS", 384,
         "Longest answer, in tokens.")
@@ -263,6 +268,9 @@ def _check_database(settings: Settings) -> None:
         raise ValueError("RAGSERVER_DB and RAGSERVER_DATABASE_URL name two databases; "
                          "set one of them (or pass --db)")
     kinds = vector_indexes(settings.database)  # ValueError for an unknown URL scheme
+    if settings.topic_labels not in ("model", "keywords"):
+        raise ValueError("RAGSERVER_TOPIC_LABELS must be model or keywords, not "
+                         f"{settings.topic_labels!r}")
     if settings.vector_index and settings.vector_index not in kinds:
         raise ValueError(f"RAGSERVER_VECTOR_INDEX must be one of {', '.join(kinds)} for "
                          f"{settings.database_label}, not {settings.vector_index!r}")

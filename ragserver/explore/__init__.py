@@ -153,10 +153,11 @@ class Shape:
     state: dict
 
     def sizes(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for point in self.points:
-            counts[point.topic] = counts.get(point.topic, 0) + 1
-        return counts
+        if not hasattr(self, "_sizes"):
+            self._sizes: dict[int, int] = {}
+            for point in self.points:
+                self._sizes[point.topic] = self._sizes.get(point.topic, 0) + 1
+        return self._sizes
 
     def central(self, topic: int, n: int = 3) -> list[MapPoint]:
         members = [p for p in self.points if p.topic == topic]
@@ -201,3 +202,24 @@ def axis(db: Storage, embedder, start: str, to: str) -> Axis:
     a, b = (np.asarray(embedder.embed_query(text), np.float32) for text in (start, to))
     scores = matrix @ b - matrix @ a if len(ids) else np.zeros(0)
     return Axis(start, to, {int(pid): float(s) for pid, s in zip(ids, scores)})
+
+
+# -- as JSON (the API and the command line) ----------------------------------------
+
+def point_json(point: MapPoint, score: float | None = None) -> dict:
+    """A post on the map: where it is, its topic, and its axis score when there is an axis."""
+    data = {"source": point.source, "title": point.title, "url": point.url, "date": point.date,
+            "topic": point.topic, "x": round(point.x, 4), "y": round(point.y, 4)}
+    if score is not None:
+        data["axis"] = round(score, 4)
+    return data
+
+
+def topic_json(shape: Shape, topic: Topic, central: int = 3) -> dict:
+    """A topic: its label (and whether the model or the keywords gave it), keywords, size,
+    centre on the map and its most central posts."""
+    return {"id": topic.id, "label": topic.label, "label_source": topic.label_source,
+            "keywords": list(topic.keywords), "size": shape.sizes().get(topic.id, 0),
+            "x": round(topic.x, 4), "y": round(topic.y, 4),
+            "central": [{"source": p.source, "title": p.title, "url": p.url}
+                        for p in shape.central(topic.id, central)]}
