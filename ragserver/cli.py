@@ -135,9 +135,11 @@ def ingest(sources, db, base_url, prune, quiet):
         storage = _open(settings, must_exist=False)
         bar = _Progress(quiet)
         try:
-            ingester = Ingester(storage, embedder, commit_rows=settings.commit_rows,
-                                on_event=bar.event, vector_index=settings.index_kind)
-            summary = ingester.run(opened, prune=prune)
+            with _topic_labeler(settings) as labeler:
+                ingester = Ingester(storage, embedder, commit_rows=settings.commit_rows,
+                                    on_event=bar.event, vector_index=settings.index_kind,
+                                    labeler=labeler, threads=settings.embed_thread_count)
+                summary = ingester.run(opened, prune=prune)
             in_use = storage.index_kind()
         except ModelMismatchError as error:
             raise click.ClickException(str(error)) from None
@@ -263,6 +265,204 @@ def related_command(source, db, number, as_json):
             click.echo(json.dumps({"rank": rank, **related_post(item)}, ensure_ascii=False))
         else:
             click.echo(f"{rank}. [{item.score:.3f}] {item.title}\n   {item.url or item.source}")
+
+
+@contextmanager
+def _topic_labeler(settings, use_model: bool = True):
+    """A Labeler for rebuilt topics that starts the answer model on first use (so nothing
+    loads when no topic is named), or None when topics are named by keywords. A model that
+    fails leaves the remaining topics to their keywords, with a warning."""
+    from .explore.topics import model_labeler
+    from .llm import LLMError, load_chat_model
+
+    if not use_model or settings.topic_labels == "keywords" or settings.llm_model == "none" \
+            and not settings.llm_url:
+        yield None
+        return
+    state = {"model": None, "failed": False}
+
+    def label(titles, words):
+        if state["failed"]:
+            return ""
+        try:
+            if state["model"] is None:
+                state["model"] = load_chat_model(settings, serving=False)
+            return model_labeler(state["model"])(titles, words)
+        except LLMError as error:
+            state["failed"] = True
+            logging.getLogger("ragserver.explore").warning(
+                "topic labels: the answer model failed (%s); topics are named by keywords", error)
+            return ""
+
+    try:
+        yield label
+    finally:
+        if state["model"] is not None and hasattr(state["model"], "close"):
+            state["model"].close()
+
+
+def _read_k(value: str | None) -> int | None:
+    from .explore.topics import MAX_TOPICS
+
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        return 0
+    try:
+        k = int(value)
+    except ValueError:
+        k = -1
+    if not 1 <= k <= MAX_TOPICS:
+        raise click.BadParameter(f"must be a whole number from 1 to {MAX_TOPICS}, or auto, "
+                                 f"not {value!r}", param_hint="--k")
+    return k
+
+
+@cli.command()
+@db_option
+@click.option("--k", "k", metavar="N|auto", default=None,
+              help="Number of topics (1-20) from now on; auto: chosen from the posts "
+                   "(the default). Giving it rebuilds the topics.")
+@click.option("--rebuild", is_flag=True,
+              help="Cluster and name every post anew, however few changed.")
+@click.option("--keywords", "keywords_only", is_flag=True,
+              help="Name rebuilt topics by their keywords, without the answer model.")
+@json_lines_option
+def topics(db, k, rebuild, keywords_only, as_json):
+    """Group the posts into topics and list them, largest first: each topic's name, its most
+    distinctive words and its most central posts.
+
+    Topics are rebuilt (clustered, named and mapped) when there are none yet, when --k or
+    --rebuild is given, or when a tenth of the posts changed since the last build; else
+    new posts join the nearest topic. `ragserver ingest` does the same at the end of a run.
+    """
+    from . import explore, related
+
+    settings = _settings(db)
+    chosen = _read_k(k)
+    _configure_logging()
+    with _writing(settings.database, "topics"):
+        storage = _open(settings, must_exist=True)
+        try:
+            if storage.count_vectors() == 0:
+                raise click.ClickException(_empty_message(storage, settings))
+            related.refresh(storage)  # post vectors of a run killed before its end
+            with _topic_labeler(settings, not keywords_only) as labeler:
+                done = explore.refresh(storage, labeler=labeler, k=chosen, rebuild=rebuild,
+                                       threads=settings.embed_thread_count)
+            shape = explore.load(storage)
+        finally:
+            storage.close()
+    click.echo(f"{done.line()}.", err=True)
+    for topic in shape.topics:
+        data = explore.topic_json(shape, topic)
+        if as_json:
+            click.echo(json.dumps(data, ensure_ascii=False))
+            continue
+        named = "" if topic.label_source == "keywords" else f"   keywords: {', '.join(topic.keywords)}\n"
+        central = "; ".join(item["title"] for item in data["central"])
+        click.echo(f"{topic.id}. {topic.label} ({data['size']} posts)\n{named}   e.g. {central}")
+
+
+def _shape_or_fail(storage, settings):
+    from . import explore
+
+    shape = explore.load(storage)
+    if not shape.points:
+        raise click.ClickException(
+            f"no topics or map in {settings.database_label} yet: `ragserver topics` (or the "
+            "next `ragserver ingest`) computes them")
+    return shape
+
+
+@cli.command(name="map")
+@db_option
+@click.option("--out", "out", required=True, metavar="FILE.svg|FILE.png",
+              type=click.Path(dir_okay=False, writable=True),
+              help="The picture to write: SVG or PNG, by its suffix.")
+def map_command(db, out):
+    """Draw the map of every post, coloured by topic with a legend, into an SVG or PNG file
+    (the picture the /explore page shows)."""
+    from pathlib import Path
+
+    from .explore import draw
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".svg", ".png"):
+        raise click.BadParameter(f"must end in .svg or .png, not {Path(out).name!r}",
+                                 param_hint="--out")
+    settings = _settings(db)
+    storage = _open(settings, must_exist=True, readonly=True)
+    try:
+        shape = _shape_or_fail(storage, settings)
+    finally:
+        storage.close()
+    target = Path(out)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        if suffix == ".svg":
+            partial.write_text(draw.map_svg(shape.points, shape.topics, links=False,
+                                            legend=True) + "\n", encoding="utf-8")
+        else:
+            draw.map_png(shape.points, shape.topics, partial)
+        partial.replace(target)  # never a half-written picture under the name asked for
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {out}: {error.strerror or error}") from None
+    click.echo(f"wrote {out}: {len(shape.points)} posts, {len(shape.topics)} topics")
+
+
+@cli.command()
+@click.argument("start", metavar="A")
+@click.argument("to", metavar="B")
+@db_option
+@click.option("-n", "number", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Posts to show at each end.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Every post as one JSON object per line, from most A to most B.")
+def axis(start, to, db, number, as_json):
+    """Rank the posts along an axis from idea A to idea B ("practical how-to" "reflective
+    essay"): each post's score is its similarity to B minus its similarity to A. Shows the
+    posts at both ends and how the posts spread between them."""
+    from . import explore
+
+    for name, idea in (("A", start), ("B", to)):
+        if not idea.strip():
+            raise click.BadParameter("is empty: give a few words for each end", param_hint=name)
+    settings = _settings(db)
+    storage = _open(settings, must_exist=True, readonly=True)
+    try:
+        if storage.count_vectors() == 0:
+            raise click.ClickException(_empty_message(storage, settings))
+        embedder = _embedder(settings)
+        line = explore.axis(storage, embedder, start, to)
+        points = {p.post_id: p for p in storage.map_points()}
+        posts = {p.id: p for p in storage.list_posts()}
+    finally:
+        storage.close()
+    ranked = line.ranked()
+    if as_json:
+        for rank, (post_id, score) in enumerate(ranked, 1):
+            post = posts[post_id]
+            point = points.get(post_id)
+            click.echo(json.dumps({"rank": rank, "source": post.source, "title": post.title,
+                                   "url": post.url, "score": round(score, 4),
+                                   "topic": point.topic if point else None},
+                                  ensure_ascii=False))
+        return
+    show = min(number, (len(ranked) + 1) // 2)
+    for heading, chosen in ((f"Most like {start!r}:", ranked[:show]),
+                            (f"Most like {to!r}:", ranked[::-1][:show])):
+        click.echo(heading)
+        for post_id, score in chosen:
+            click.echo(f"  [{score:+.3f}] {posts[post_id].title}\n"
+                       f"           {posts[post_id].url or posts[post_id].source}")
+    counts, low, high = line.histogram(bins=10)
+    click.echo(f"\n{len(ranked)} posts from {start!r} ({low:+.3f}) to {to!r} ({high:+.3f}):")
+    step = (high - low) / len(counts) if high > low else 0
+    widest = max(counts) or 1
+    for n, count in enumerate(counts):
+        click.echo(f"  {low + n * step:+.3f} {'#' * round(30 * count / widest):<30} {count}")
 
 
 def _empty_message(storage, settings) -> str:

@@ -29,6 +29,9 @@ TEST_BACKENDS = tuple(os.environ.get("RAGSERVER_TEST_BACKENDS", "sqlite,postgres
 
 
 def pytest_configure(config):
+    # The suite's many ingests name the topics they rebuild by keywords: the answer model
+    # takes about a second a topic. tests/test_explore.py names them with the real model.
+    os.environ.setdefault("RAGSERVER_TOPIC_LABELS", "keywords")
     config.addinivalue_line(
         "markers", "backends(*names): the storage backends a test runs against (default: all "
         "of RAGSERVER_TEST_BACKENDS); for tests of one backend's own behaviour")

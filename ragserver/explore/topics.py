@@ -150,12 +150,18 @@ def clean_label(reply: str) -> str:
 
 def grounded(label: str, titles: list[str], words: tuple[str, ...]) -> bool:
     """True when a label is short and every word of it (but a few that only name a group)
-    comes from the titles or keywords it was written from (compared by their first five
-    letters, so 'deploying' matches 'deploy')."""
+    is one of the topic's keywords or in at least two of its titles: it names the group,
+    not one post, and invents nothing. Words compare by their first five letters, so
+    'deploying' matches 'deploy'."""
     said = split_words(label)
     if not said or len(said) > LABEL_WORDS or len(label) > LABEL_CHARS:
         return False
-    known = {_stem(w) for text in [*titles, *words] for w in split_words(text)}
+    in_titles: dict[str, int] = {}
+    for title in titles:
+        for stem in {_stem(w) for w in split_words(title)}:
+            in_titles[stem] = in_titles.get(stem, 0) + 1
+    known = {stem for stem, count in in_titles.items() if count >= 2}
+    known |= {_stem(w) for text in words for w in split_words(text)}
     content = [w for w in said if w not in STOPWORDS and w not in LABEL_FILLER]
     return bool(content) and all(_stem(w) in known for w in content)
 
