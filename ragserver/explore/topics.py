@@ -83,16 +83,17 @@ _TOKEN = r"(?u)\b[a-zA-Z]{2}[a-zA-Z0-9_+#]*(?:[-.][a-zA-Z0-9_+#]+)*\b"
 CODE_WORDS = frozenset(
     "com def else false http https import int main none null print return self str sys true "
     "var www".split())
-TITLE_WEIGHT = 3  # a title counts as this many copies of itself
 
 
 def keywords(texts: list[str], labels: np.ndarray, n: int = KEYWORDS,
              titles: list[str] | None = None) -> list[tuple[str, ...]]:
-    """The n most distinctive words and two-word phrases of each topic: class-based TF-IDF,
-    a topic's share of a term weighed by how rare the term is across topics. Titles count
-    TITLE_WEIGHT times."""
+    """The n most distinctive words and two-word phrases of each topic, by class-based
+    TF-IDF over posts: the share of the topic's posts that use a term, times the term's
+    inverse document frequency over all posts. So a word counts once a post (one long post
+    cannot name its topic alone), and words every topic uses fall away. A phrase and its
+    own words are not both kept."""
     if titles is not None:
-        texts = [(title + "\n") * TITLE_WEIGHT + text for title, text in zip(titles, texts)]
+        texts = [f"{title}\n{text}" for title, text in zip(titles, texts)]
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
     topics = int(labels.max()) + 1 if len(labels) else 0
@@ -101,7 +102,7 @@ def keywords(texts: list[str], labels: np.ndarray, n: int = KEYWORDS,
     vectorizer = CountVectorizer(stop_words=sorted(ENGLISH_STOP_WORDS | STOPWORDS | CODE_WORDS),
                                  token_pattern=_TOKEN, ngram_range=(1, 2),
                                  min_df=2 if len(texts) >= 20 else 1, max_df=0.5 if len(texts) >= 20 else 1.0,
-                                 dtype=np.float32)
+                                 binary=True, dtype=np.float32)
     try:
         counts = vectorizer.fit_transform(texts)
     except ValueError:  # no words at all, or none left after the document-frequency limits
@@ -110,10 +111,8 @@ def keywords(texts: list[str], labels: np.ndarray, n: int = KEYWORDS,
     per_topic = np.zeros((topics, counts.shape[1]), np.float64)
     for topic in range(topics):
         per_topic[topic] = np.asarray(counts[labels == topic].sum(axis=0)).ravel()
-    frequency = per_topic.sum(axis=0)
-    average = per_topic.sum() / topics
-    tf = per_topic / np.maximum(per_topic.sum(axis=1, keepdims=True), 1)
-    weights = tf * np.log1p(average / np.maximum(frequency, 1))
+    share = per_topic / np.bincount(labels, minlength=topics)[:, None]
+    weights = share * np.log(len(texts) / np.maximum(per_topic.sum(axis=0), 1))
     found = []
     for topic in range(topics):
         chosen: list[str] = []
