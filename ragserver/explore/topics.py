@@ -79,10 +79,12 @@ def cluster(matrix: np.ndarray, k: int | None = None, threads: int = 1
 # Words of two or more characters that start with two letters ("sqlite-utils", "node.js",
 # "python3"), so hex and numbers never name a topic.
 _TOKEN = r"(?u)\b[a-zA-Z]{2}[a-zA-Z0-9_+#]*(?:[-.][a-zA-Z0-9_+#]+)*\b"
-# Words of code and links that every technical topic has.
+# Words of code and links that every technical topic has, and the halves of contractions
+# the tokenizer leaves ("don't" gives "don").
 CODE_WORDS = frozenset(
     "com def else false http https import int main none null print return self str sys true "
-    "var www".split())
+    "var www aren couldn didn doesn don hasn haven isn ll shouldn ve wasn weren won wouldn"
+    .split())
 
 
 def keywords(texts: list[str], labels: np.ndarray, n: int = KEYWORDS,
