@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Callable
 
-from . import related
+from . import explore, related
 from .storage import ModelInfo, ModelMismatchError, NewPassage, NewPost, Post, Storage, StoredPassage
 
 VECTOR_BATCH = 500  # passage ids per passage_vectors() call (SQLite caps a query's parameters)
@@ -110,7 +110,8 @@ def _record_model(dst: Storage, info: ModelInfo, vector_index: str | None) -> No
 def copy_database(src: Storage, dst: Storage, *, commit_rows: int = 1000,
                   vector_index: str = "vss", prune: bool = False,
                   on_event: Callable[[str, str], None] | None = None) -> CopySummary:
-    """Make `dst` hold what `src` holds: posts, passages, vectors; then its related lists.
+    """Make `dst` hold what `src` holds: posts, passages, vectors; then its related lists,
+    topics and map.
 
     Posts already in `dst` whole and alike are skipped; others are (re)written with
     `src`'s passages and vectors. Posts `src` lacks are refused (CopyError, nothing
@@ -153,8 +154,23 @@ def copy_database(src: Storage, dst: Storage, *, commit_rows: int = 1000,
         _write(src, dst, batch, summary, on_event)
         on_event("committed", f"{done}/{len(posts)}")
     summary.related = related.refresh(dst)
+    _copy_map(src, dst)
+    explore.refresh(dst)  # places whatever the copied map lacks; builds one if src had none
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _copy_map(src: Storage, dst: Storage) -> None:
+    """Give `dst` the topics and map of `src` (their labels too: no model is run again),
+    matching posts by source id."""
+    shape = explore.load(src)
+    if not shape.points:
+        return
+    posts = {post.source: post for post in dst.list_posts()}
+    rows = [(posts[p.source].id, p.topic, p.x, p.y, p.centrality, posts[p.source].content_hash)
+            for p in shape.points if p.source in posts]
+    with dst.transaction():
+        dst.save_map(shape.topics, rows, shape.state)
 
 
 def _prune(dst: Storage, extra: list[Post], commit_rows: int,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TEST_BACKENDS, make_database
-from ragserver import related
+from ragserver import explore, related
 from ragserver.copying import as_new_post, record_model
 from ragserver.retrieve import retrieve
 from ragserver.storage import (ModelInfo, NewPassage, NewPost, backend_of, database_errors,
@@ -135,6 +135,18 @@ def assert_nothing_there(target):
         open_storage(target, readonly=True).close()
 
 
+def map_by_source(target) -> tuple:
+    """A database's topics and each post's topic and place, by source id."""
+    storage = open_storage(target, readonly=True)
+    try:
+        shape = explore.load(storage)
+    finally:
+        storage.close()
+    assert shape.points
+    return (shape.topics, sorted((p.source, p.topic, round(p.x, 6), round(p.y, 6))
+                                 for p in shape.points))
+
+
 def test_a_copy_holds_the_same_posts_vectors_search_results_and_related_posts(
         seeded_db, target, tmp_path, runner, embedder):
     result = runner("copy", seeded_db, target, "--quiet", check=True)
@@ -151,6 +163,7 @@ def test_a_copy_holds_the_same_posts_vectors_search_results_and_related_posts(
     for mode in ("vector",) if across else ("vector", "keyword"):
         assert_same_hits(searches(target, embedder, mode), searches(seeded_db, embedder, mode))
     assert_same_related(related_by_source(target), related_by_source(seeded_db))
+    assert map_by_source(target) == map_by_source(seeded_db)  # topics, labels, places
     # And back: a copy of the copy (a SQLite file again) equals the original.
     back = tmp_path / "back.db"
     runner("copy", target, back, "--quiet", check=True)
