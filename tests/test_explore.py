@@ -87,7 +87,7 @@ def test_a_new_post_joins_the_nearest_topic_without_a_rebuild(copy, embedder, tm
     summary = Ingester(storage, embedder).run([open_source(str(tmp_path / "one"),
                                                            base_url="https://til.example/")],
                                               prune=False)
-    assert summary.added == 1 and summary.topics == "topics kept: 1 posts placed, 0 removed"
+    assert summary.added == 1 and summary.topics == "topics kept: 1 post placed, 0 removed"
     assert storage.get_map_state()["built_at"] == built_at
     assert storage.topics() == topics_before
     shape = explore.load(storage)

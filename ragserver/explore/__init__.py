@@ -35,7 +35,8 @@ class Refreshed:
         if self.kind == "built":
             return f"topics rebuilt: {self.topics} topics over {self.placed} posts"
         if self.kind == "placed":
-            return f"topics kept: {self.placed} posts placed, {self.removed} removed"
+            return (f"topics kept: {self.placed} post{'s' * (self.placed != 1)} placed, "
+                    f"{self.removed} removed")
         return "topics unchanged"
 
 
