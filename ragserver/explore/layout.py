@@ -37,10 +37,13 @@ def project(matrix: np.ndarray, threads: int = 1) -> np.ndarray:
         xy = centred @ basis[:2].T
         return fit_square(np.pad(xy, ((0, 0), (0, 2 - xy.shape[1]))))
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     tsne = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca",
                 metric="cosine", random_state=0, n_jobs=max(1, threads))
-    return fit_square(tsne.fit_transform(matrix.astype(np.float32)))
+    # n_jobs covers only the neighbour search; the gradient steps use OpenMP and the PCA BLAS.
+    with threadpool_limits(max(1, threads)):
+        return fit_square(tsne.fit_transform(matrix.astype(np.float32)))
 
 
 def place(vectors: np.ndarray, known: np.ndarray, known_xy: np.ndarray) -> np.ndarray:

@@ -42,8 +42,16 @@ def cluster(matrix: np.ndarray, k: int | None = None, threads: int = 1
     """(topic index of every post, 0 = the largest topic; unit mean vector of each topic).
 
     k=None chooses it: the candidate with the best silhouette (cosine) on up to
-    SILHOUETTE_SAMPLE posts.
+    SILHOUETTE_SAMPLE posts. threads: the most OpenMP and BLAS threads scikit-learn may use
+    (left alone, its k-means takes one per core and they spin against any other load).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(max(1, threads)):
+        return _cluster(matrix, k)
+
+
+def _cluster(matrix: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
