@@ -1,4 +1,4 @@
-"""/explore and /api/explore over the seeded posts."""
+"""/explore and /api/explore over the seeded posts, and the map's place in related posts."""
 
 from __future__ import annotations
 
@@ -307,3 +307,35 @@ def test_search_and_chat_pages_link_to_the_map(client):
     for path in ("/search", "/"):
         assert '<a href="/explore">Explore the map</a>' in client.get(path).get_data(as_text=True)
 
+
+# -- related posts: topic and nearby ------------------------------------------------------
+
+def test_related_posts_name_the_topic_and_nearby_posts(client, seeded_conn):
+    body = client.get("/api/related?source=sqlite/enabling-wal-mode.md&n=3").json
+    post = seeded_conn.get_post("sqlite/enabling-wal-mode.md")
+    point = seeded_conn.map_point(post.id)
+    topic = next(t for t in seeded_conn.topics() if t.id == point.topic)
+    assert body["topic"] == {"id": topic.id, "label": topic.label,
+                             "url": f"/explore?topic={topic.id}"}
+    related = [r["source"] for r in body["related"]]
+    near = [p.source for p in seeded_conn.map_near(point, 10) if p.source not in related][:3]
+    assert [n["source"] for n in body["nearby"]] == near and len(near) == 3
+    assert post.source not in near
+    assert all(set(n) == set(body["related"][0]) for n in body["nearby"])
+    assert all(-1 <= n["score"] <= 1 for n in body["nearby"])
+
+    fragment = client.get("/related?source=sqlite/enabling-wal-mode.md&n=3").get_data(as_text=True)
+    nearby = fragment[fragment.index('<ul class="ragserver-nearby-posts">'):]
+    for item in body["nearby"]:
+        assert f'<a href="{item["url"]}">{html.escape(item["title"])}</a>' in nearby
+    # Absolute: a blog includes the fragment in its own pages.
+    assert (f'Topic: <a href="http://localhost/explore?topic={topic.id}">'
+            f'{html.escape(topic.label)}</a>') in fragment
+
+
+def test_related_posts_of_a_database_without_a_map(unmapped, embedder):
+    client = create_app({"db": unmapped}, embedder=embedder).test_client()
+    body = client.get("/api/related?source=sqlite/enabling-wal-mode.md&n=3").json
+    assert len(body["related"]) == 3 and body["topic"] is None and body["nearby"] == []
+    fragment = client.get("/related?source=sqlite/enabling-wal-mode.md&n=3").get_data(as_text=True)
+    assert "Related posts" in fragment and "Nearby" not in fragment and "Topic" not in fragment
