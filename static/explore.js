@@ -149,7 +149,7 @@
       remember("topic", "");
       say();
     });
-    say(`The ${count} posts of “${link.textContent}” are lit up. `, all);
+    say(`“${link.textContent}” lit up: ${count} post${count === 1 ? "" : "s"}. `, all);
     figure.scrollIntoView({ block: "nearest", behavior: "smooth" });
   });
 })();

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import html
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,6 +45,30 @@ def topics_listed(page: str) -> dict[int, tuple[str, int]]:
     found = re.findall(r'<li class="topic[^"]*" id="topic-(\d+)">.*?data-show-topic="\d+">'
                        r'([^<]*)</a>\s*<span class="count">(\d+) posts?</span>', page, re.S)
     return {int(i): (html.unescape(label), int(count)) for i, label, count in found}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def copies(request, seeded_db, tmp_path_factory):
+    """Copies of the seeded database for tests that need another: `unmapped`, its posts
+    without their map (a file from before topics, without the tables, for SQLite; emptied
+    tables for PostgreSQL, whose migrations make them), and `changing`, for a test to
+    change. Made before this module's apps connect: PostgreSQL copies a database only
+    while nobody else is connected to it."""
+    gc.collect()  # apps of earlier tests let go of their connections
+    folder = tmp_path_factory.mktemp("copies")
+    unmapped = clone_database(request, str(seeded_db), folder, "unmapped")
+    changing = clone_database(request, str(seeded_db), folder, "changing")
+    conn = open_storage(unmapped)
+    with conn.transaction():
+        if conn.kind == "sqlite":
+            conn.conn.execute("DROP TABLE post_map")
+            conn.conn.execute("DROP TABLE topics")
+        else:
+            conn.conn.execute("DELETE FROM post_map")
+            conn.conn.execute("DELETE FROM topics")
+        conn.conn.execute("DELETE FROM meta WHERE key = 'map_state'")
+    conn.close()
+    return SimpleNamespace(unmapped=unmapped, changing=changing)
 
 
 @pytest.fixture
@@ -97,7 +123,7 @@ def test_topic_lights_up_exactly_its_posts(client, shape):
     members = {s for s, p in placed.items() if p.topic == chosen.id}
     assert "filtering" in map_classes(page)
     assert lit(page) == members and len(points(page)) > len(members)
-    assert f"The {len(members)} posts of “{html.escape(chosen.label)}” are lit up." in page
+    assert f"“{html.escape(chosen.label)}” lit up: {len(members)} posts." in page
     assert f'<li class="topic chosen" id="topic-{chosen.id}">' in page
 
 
@@ -205,6 +231,18 @@ def test_api_bad_parameters_are_400_json(client, query, message):
     assert response.status_code == 400 and message in response.json["error"]
 
 
+@pytest.mark.app({"search_rate": 2})
+def test_the_api_and_searches_on_the_page_are_rate_limited(client):
+    assert client.get("/api/explore").status_code == 200
+    assert client.get("/explore?q=wal").status_code == 200
+    assert client.get("/explore").status_code == 200  # the map alone is not counted
+    limited = client.get("/api/explore")
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert limited.json["error"].startswith("Too many requests from your address")
+    page = client.get("/explore?axis=a,b")
+    assert page.status_code == 429 and "Too many searches" in page.get_data(as_text=True)
+
+
 def test_big_answers_are_gzipped_for_clients_that_take_it(client):
     for path in ("/explore", "/explore?topic=1", "/api/explore"):
         plain = client.get(path)
@@ -225,27 +263,8 @@ def test_the_page_without_marks_is_one_page_for_everyone(client):
 
 # -- no posts, no map -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def unmapped(request, seeded_db, tmp_path_factory):
-    """The seeded posts without their map: a file from before topics (no tables) for
-    SQLite, emptied tables for PostgreSQL (whose migrations make them)."""
-    target = clone_database(request, str(seeded_db), tmp_path_factory.mktemp("unmapped"),
-                            "unmapped")
-    conn = open_storage(target)
-    with conn.transaction():
-        if conn.kind == "sqlite":
-            conn.conn.execute("DROP TABLE post_map")
-            conn.conn.execute("DROP TABLE topics")
-        else:
-            conn.conn.execute("DELETE FROM post_map")
-            conn.conn.execute("DELETE FROM topics")
-        conn.conn.execute("DELETE FROM meta WHERE key = 'map_state'")
-    conn.close()
-    return target
-
-
-def test_posts_without_a_map_say_how_to_make_one(unmapped, embedder):
-    client = create_app({"db": unmapped}, embedder=embedder).test_client()
+def test_posts_without_a_map_say_how_to_make_one(copies, embedder):
+    client = create_app({"db": copies.unmapped}, embedder=embedder).test_client()
     page = client.get("/explore")
     assert page.status_code == 200
     text = page.get_data(as_text=True)
@@ -265,9 +284,9 @@ def test_an_empty_database_says_there_are_no_posts(new_database, embedder):
     assert api.status_code == 503 and api.json == {"error": "no posts have been ingested yet"}
 
 
-def test_the_drawn_map_follows_the_database(request, seeded_db, tmp_path, embedder):
+def test_the_drawn_map_follows_the_database(copies, embedder):
     """The map is drawn once per version of the database: a deleted post leaves it."""
-    target = clone_database(request, str(seeded_db), tmp_path, "changing")
+    target = copies.changing
     client = create_app({"db": target}, embedder=embedder).test_client()
     before = {p["source"] for p in points(client.get("/explore").get_data(as_text=True))}
     assert before == {p["source"] for p in client.get("/api/explore").json["posts"]}
@@ -333,8 +352,8 @@ def test_related_posts_name_the_topic_and_nearby_posts(client, seeded_conn):
             f'{html.escape(topic.label)}</a>') in fragment
 
 
-def test_related_posts_of_a_database_without_a_map(unmapped, embedder):
-    client = create_app({"db": unmapped}, embedder=embedder).test_client()
+def test_related_posts_of_a_database_without_a_map(copies, embedder):
+    client = create_app({"db": copies.unmapped}, embedder=embedder).test_client()
     body = client.get("/api/related?source=sqlite/enabling-wal-mode.md&n=3").json
     assert len(body["related"]) == 3 and body["topic"] is None and body["nearby"] == []
     fragment = client.get("/related?source=sqlite/enabling-wal-mode.md&n=3").get_data(as_text=True)

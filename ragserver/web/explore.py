@@ -83,7 +83,10 @@ def _read_topic(drawn: DrawnMap) -> int | None:
     if not request.args.get("topic", "").strip():
         return None
     ids = [t.id for t in drawn.shape.topics]
-    return read_whole_number("topic", 0, min(ids), max(ids))
+    topic = read_whole_number("topic", 0, min(ids), max(ids))
+    if topic not in ids:
+        raise BadParameter(f"there is no topic {topic}")
+    return topic
 
 
 def _matches(conn, query: str, drawn: DrawnMap) -> list[int]:
