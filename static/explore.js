@@ -12,6 +12,7 @@
   const box = document.getElementById("explore-q");
   const status = document.getElementById("explore-status");
   const points = [...map.querySelectorAll(".point")];
+  const SEARCH = form.dataset.search;  // /api/search, wherever the app is mounted
   const MATCHES = Number(form.dataset.matches);  // as many as the server lights up
   const DEBOUNCE_MS = 250;
   const GAP = 6;  // px between a point and its tooltip
@@ -32,6 +33,7 @@
   function showTip(point) {
     tip.textContent = titleOf(point);
     tip.hidden = false;
+    tip.style.left = "0px";  // its full width, not what is left of the map beside its last place
     const area = figure.getBoundingClientRect();
     const dot = point.getBoundingClientRect();
     // Above the point (below it at the top edge), never past the map's sides.
@@ -100,7 +102,7 @@
     let body;
     let ok = false;
     try {
-      const response = await fetch(`/api/search?q=${encodeURIComponent(query)}&n=${MATCHES}`,
+      const response = await fetch(`${SEARCH}?q=${encodeURIComponent(query)}&n=${MATCHES}`,
                                    { signal: controller.signal });
       body = await response.json();
       ok = response.ok;
