@@ -114,7 +114,7 @@
     if (!ok) return say(typeof body.error === "string" ? body.error : "Search is unavailable.");
     const sources = new Set((Array.isArray(body.results) ? body.results : []).map((r) => r.source));
     const found = light((point) => sources.has(point.dataset.source));
-    say(found ? `${found} post${found === 1 ? "" : "s"} match “${query}”.` : `No posts match “${query}”.`);
+    say(found ? `${found} ${found === 1 ? "post matches" : "posts match"} “${query}”.` : `No posts match “${query}”.`);
   }
 
   box.addEventListener("input", () => {

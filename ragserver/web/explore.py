@@ -2,7 +2,7 @@
 along an axis between two ideas, where a search lights posts up) and /api/explore.
 
 The map is read and drawn once per version of the database (Storage.map_version): at
-20,000 posts reading and drawing it takes a third of a second, and most requests show it
+20,000 posts reading and drawing it takes about 0.3 s, and most requests show it
 as it was drawn.
 """
 
