@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .storage import Post, RelatedPost, Storage
+from .storage import Post, RelatedPost, Storage, Topic
 
 TOP = 10
+NEARBY = 3  # posts near a post on the map, shown beside its related posts
 BLOCK = 1024  # posts compared against all others per matrix product
 
 
@@ -89,3 +90,22 @@ def related_posts(db: Storage, *, source: str | None = None, url: str | None = N
     if post is None:
         raise NotFound(f"no post with source {source!r}" if source else f"no post at {url!r}")
     return post, db.related_for(post.id, n)
+
+
+def map_neighbours(db: Storage, post: Post, exclude: set[str], n: int = NEARBY
+                   ) -> tuple[Topic | None, list[RelatedPost]]:
+    """A post's topic and up to n posts nearest to it on the map whose sources are not in
+    `exclude` (its related posts, say), scored as related posts are; (None, []) for a post
+    not on the map (a database whose topics were never computed)."""
+    point = db.map_point(post.id)
+    if point is None:
+        return None, []
+    topic = next((t for t in db.topics() if t.id == point.topic), None)
+    near = [p for p in db.map_near(point, n + len(exclude)) if p.source not in exclude][:n]
+    vectors = {pid: post_vector(matrix) for pid, _, matrix in
+               db.passage_vectors_of_posts([post.id, *(p.post_id for p in near)])}
+    own = vectors.get(post.id)
+    return topic, [RelatedPost(p.source, p.title, p.url, p.date,
+                               float(vectors[p.post_id] @ own)
+                               if own is not None and p.post_id in vectors else 0.0)
+                   for p in near]

@@ -4,7 +4,8 @@
  * of an element to put a Search button into (default: a floating button at the bottom right).
  * Ctrl+K / ⌘K or / opens it, as do window.ragserverSearch.open() and .close().
  * Related posts: every <div data-ragserver-related></div> on the page is filled with a list of the posts
- * related to this page (or to the post URL given as the attribute's value); data-n sets how many (1-10).
+ * related to this page (or to the post URL given as the attribute's value), the posts near it on the map
+ * of the blog and a link to its topic there; data-n sets how many related posts (1-10).
  * The page's origin must be in the server's RAGSERVER_ALLOWED_ORIGINS unless it is the server's own.
  */
 (() => {
@@ -282,7 +283,24 @@
     return { open, close };
   }
 
-  /** Fill a [data-ragserver-related] element with links to the posts related to its post. */
+  /** A list of links to posts ({title, url}), or null for none. */
+  function postList(posts, className) {
+    const items = (Array.isArray(posts) ? posts : []).map((item) => {
+      const href = resultHref(item.url, "");
+      const link = element(href ? "a" : "span", "", item.title || item.url || "Untitled");
+      if (href) link.href = href;
+      const li = element("li");
+      li.append(link);
+      return li;
+    });
+    if (!items.length) return null;
+    const list = element("ul", className);
+    list.append(...items);
+    return list;
+  }
+
+  /** Fill a [data-ragserver-related] element with links to the posts related to its post, the
+   *  posts near it on the server's map of the blog, and its topic there. */
   async function related(slot) {
     const post = slot.dataset.ragserverRelated || location.href.split("#")[0];
     const n = slot.dataset.n || 5;
@@ -290,19 +308,22 @@
       const response = await fetch(`${endpoint}/api/related?url=${encodeURIComponent(post)}&n=${encodeURIComponent(n)}`);
       const body = await response.json();
       if (!response.ok) throw new Error(body.error);
-      const items = (Array.isArray(body.related) ? body.related : []).map((item) => {
-        const href = resultHref(item.url, "");
-        const link = element(href ? "a" : "span", "", item.title || item.url || "Untitled");
-        if (href) link.href = href;
-        const li = element("li");
-        li.append(link);
-        return li;
-      });
-      if (!items.length) return;
-      const list = element("ul");
-      list.append(...items);
+      const similar = postList(body.related, "ragserver-related-posts");
+      const nearby = postList(body.nearby, "ragserver-nearby-posts");
+      if (!similar && !nearby) return;
+      const parts = [];
+      if (similar) parts.push(element("h2", "", slot.dataset.heading || "Related posts"), similar);
+      if (nearby) parts.push(element("h3", "", "Nearby on the map"), nearby);
+      // The topic's link is a path on this server, resolved against the endpoint as the Ask link is.
+      const topic = body.topic && resultHref(new URL(body.topic.url, `${endpoint}/`).href, "");
+      if (topic) {
+        const link = Object.assign(element("a", "", body.topic.label || "Untitled"), { href: topic });
+        const line = element("p", "ragserver-topic", "Topic: ");
+        line.append(link);
+        parts.push(line);
+      }
       slot.classList.add("ragserver-related");
-      slot.replaceChildren(element("h2", "", slot.dataset.heading || "Related posts"), list);
+      slot.replaceChildren(...parts);
     } catch (error) {
       console.info(`ragserver: no related posts for ${post}: ${error.message || error}`);
     }

@@ -124,14 +124,21 @@ def test_cross_origin_search_and_keyboard_navigation(page, sites):
 
 
 def test_related_posts_fill_their_slot(page, sites):
-    """A data-ragserver-related element lists the post's related posts, as /api/related has them."""
+    """A data-ragserver-related element lists the post's related posts, the posts near it on
+    the map and its topic, as /api/related has them; the topic links to the server's map."""
     page.goto(sites.allowed)
-    links = page.locator(".ragserver-related li a")
+    links = page.locator(".ragserver-related ul.ragserver-related-posts li a")
     expect(links).to_have_count(3)
     expect(page.locator(".ragserver-related h2")).to_have_text("Related posts")
     want = page.request.get(f"{sites.server}/api/related?source=sqlite/enabling-wal-mode.md&n=3").json()
     assert links.all_text_contents() == [r["title"] for r in want["related"]]
     assert [a.get_attribute("href") for a in links.all()] == [r["url"] for r in want["related"]]
+    nearby = page.locator(".ragserver-related ul.ragserver-nearby-posts li a")
+    expect(nearby).to_have_text([r["title"] for r in want["nearby"]])
+    expect(page.locator(".ragserver-related h3")).to_have_text("Nearby on the map")
+    topic = page.locator(".ragserver-related .ragserver-topic a")
+    expect(topic).to_have_text(want["topic"]["label"])
+    expect(topic).to_have_attribute("href", sites.server + want["topic"]["url"])
 
 
 def test_slash_opens_except_while_typing_and_escape_restores_focus(page, sites):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from html import escape
 
+from ..render import safe_url
 from ..storage import MapPoint, Topic
 
 # Twenty colours, told apart on white (Tableau 20 with the pale halves darkened).
@@ -46,7 +47,8 @@ def map_svg(points: list[MapPoint], topics: list[Topic], *, marked: set[int] | N
     """The map as an SVG document or element.
 
     marked: post ids to light up (the others fade); scores: axis scores by post id, which
-    colour the points instead of their topics; links: each point links to its post;
+    colour the points instead of their topics; links: each point links to its post
+    (when its URL is http(s) or relative: never javascript: and the like);
     legend: a legend of topics beside the map (for a picture file, where no page lists
     them).
     """
@@ -71,8 +73,9 @@ def map_svg(points: list[MapPoint], topics: list[Topic], *, marked: set[int] | N
                   f"<title>{escape(tip)}</title></circle>")
         attributes = (f'class="point{mark}" data-id="{point.post_id}" '
                       f'data-source="{escape(point.source)}" data-topic="{point.topic}"')
-        if links and point.url:
-            out.append(f'<a href="{escape(point.url)}" {attributes}>{circle}</a>')
+        href = safe_url(point.url) if links else ""
+        if href:
+            out.append(f'<a href="{escape(href)}" {attributes}>{circle}</a>')
         else:
             out.append(f'<g {attributes}>{circle}</g>')
     if legend:

@@ -194,6 +194,13 @@ class SQLStorage:
         """What the last full build of topics and the map recorded (empty before any)."""
         return json.loads(self.get_meta("map_state") or "{}")
 
+    def map_version(self) -> str:
+        """A value that changes whenever the map as drawn may: a new build of the map (its
+        state), or any post written or deleted since (their count and latest write). Cheap
+        next to reading the map, so a reader can tell when a map it drew is out of date."""
+        count, latest = self._sql("SELECT count(*), max(ingested_at) FROM posts").fetchone()
+        return f"{self.get_meta('map_state') or '{}'} {count} {latest}"
+
     def topics(self) -> list[Topic]:
         """Every topic, by id (the largest first)."""
         if not self._has_map():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request, url_for
 
-from ..related import TOP, NotFound, related_posts
+from ..related import TOP, NotFound, map_neighbours, related_posts
 from ..results import more_passage, related_post, search_hit
 from ..retrieve import search_posts
 from .limits import check_rate
@@ -80,19 +80,28 @@ def api_search():
 
 @bp.route("/api/related", methods=["GET", "OPTIONS"])
 def api_related():
-    """?source= or ?url=, &n= -> {"source", "title", "url", "related": [...]}."""
+    """?source= or ?url=, &n= -> {"source", "title", "url", "related": [...], "topic",
+    "nearby": [...]}."""
     if request.method == "OPTIONS":
         return "", 204
-    post, similar, error, status = _related()
+    found, error, status = _related()
     if error:
         return jsonify(error=error), status
-    return jsonify(source=post.source, title=post.title, url=post.url,
-                   related=similar)
+    post, topic = found["post"], found["topic"]
+    return jsonify(source=post.source, title=post.title, url=post.url, related=found["related"],
+                   topic=_topic_link(topic) if topic else None, nearby=found["nearby"])
+
+
+def _topic_link(topic) -> dict:
+    """A post's topic for /api/related: the link lights its posts up on this server's map
+    (a path on this server, as the widget resolves it against its endpoint)."""
+    return {"id": topic.id, "label": topic.label, "url": url_for("explore.index", topic=topic.id)}
 
 
 def _related():
-    """(post, its related posts as related_post dicts, None, 200), or (None, [], what is
-    wrong, 400 or 404)."""
+    """({"post", "related", "topic", "nearby"}, None, 200): the post, its related posts and
+    the posts near it on the map that are not among them (related_post dicts), and its
+    topic (None before topics were computed); or (None, what is wrong, 400 or 404)."""
     source = (request.args.get("source") or "").strip()
     url = (request.args.get("url") or "").strip()
     try:
@@ -104,9 +113,11 @@ def _related():
             raise NotFound("no posts have been ingested yet")
         with services().reading() as conn:
             post, similar = related_posts(conn, source=source or None, url=url or None, n=n)
+            topic, nearby = map_neighbours(conn, post, {r.source for r in similar})
     except (BadParameter, NotFound) as error:
-        return None, [], str(error), 404 if isinstance(error, NotFound) else 400
-    return post, [related_post(r) for r in similar], None, 200
+        return None, str(error), 404 if isinstance(error, NotFound) else 400
+    return {"post": post, "related": [related_post(r) for r in similar], "topic": topic,
+            "nearby": [related_post(r) for r in nearby]}, None, 200
 
 
 def _other_places(group, query: str):
@@ -126,9 +137,8 @@ def related_fragment():
     """An HTML fragment listing a post's related posts, for a blog template to include."""
     if request.method == "OPTIONS":
         return "", 204
-    post, similar, error, status = _related()
-    return render_template("search/_related.html", post=post, related=similar,
-                           error=error), status
+    found, error, status = _related()
+    return render_template("search/_related.html", error=error, **(found or {})), status
 
 
 @bp.get("/search")

@@ -1,5 +1,5 @@
 """What the views share: the models, loaded lazily, and the app's gate, read connections,
-conversations and rate limits.
+conversations, rate limits and the drawn map.
 
 Models load on first use, inside the worker process (after gunicorn forks).
 """
@@ -34,6 +34,7 @@ class Services:
         shared = shared_rate_limits(settings.database)
         self.ask_limit = RateLimit(settings.ask_rate, shared=shared, name="ask")
         self.search_limit = RateLimit(settings.search_rate, shared=shared, name="search")
+        self.drawn_map = None  # the /explore map as last read and drawn (web/explore.py)
 
     def embedder(self):
         """The embedding model, loaded on first use."""

@@ -49,3 +49,13 @@ def read_mode() -> str:
     if mode not in MODES:
         raise BadParameter(f"mode must be one of {', '.join(MODES)}")
     return mode
+
+
+def check_axis(value) -> tuple[str, str]:
+    """The two ideas of an axis written "A, B", each checked like a search, else BadQuestion."""
+    sides = value.split(",") if isinstance(value, str) else []
+    if len(sides) != 2 or not all(side.strip() for side in sides):
+        raise BadQuestion("An axis is two ideas separated by one comma, such as "
+                          "“concrete how-to, abstract essay”.")
+    start, to = (check_question(side, noun="side of the axis") for side in sides)
+    return start, to
