@@ -280,3 +280,17 @@ def test_a_database_from_before_topics_still_opens(copy, runner, tmp_path):
     built = runner("topics", "--db", copy, check=True)
     assert "topics rebuilt" in built.stderr
     assert np.isfinite([p.x for p in explore.load(open_storage(copy, readonly=True)).points]).all()
+
+
+def test_the_map_version_moves_when_posts_are_placed(copy):
+    """A web worker keeps its drawn map until map_version moves: placing posts must move it
+    even when no post row changed (an ingest writes its posts first, places them after)."""
+    storage = open_storage(copy)
+    before = storage.map_version()
+    point = storage.map_points()[0]
+    with storage.transaction():
+        storage.save_map_points([(point.post_id, point.topic, 0.5, 0.5, point.centrality,
+                                  storage.map_hashes()[point.post_id])], [])
+    assert storage.map_version() != before
+    assert storage.map_point(point.post_id).x == 0.5
+    storage.close()

@@ -195,11 +195,12 @@ class SQLStorage:
         return json.loads(self.get_meta("map_state") or "{}")
 
     def map_version(self) -> str:
-        """A value that changes whenever the map as drawn may: a new build of the map (its
-        state), or any post written or deleted since (their count and latest write). Cheap
-        next to reading the map, so a reader can tell when a map it drew is out of date."""
+        """A value that changes whenever the map as drawn may: any write to the map (a
+        build, or posts placed or removed), or any post written or deleted (their count and
+        latest write: a title or URL can change without moving the post). Cheap next to
+        reading the map, so a reader can tell when a map it drew is out of date."""
         count, latest = self._sql("SELECT count(*), max(ingested_at) FROM posts").fetchone()
-        return f"{self.get_meta('map_state') or '{}'} {count} {latest}"
+        return f"{self.get_meta('map_generation', '0')} {count} {latest}"
 
     def topics(self) -> list[Topic]:
         """Every topic, by id (the largest first)."""
@@ -251,7 +252,9 @@ class SQLStorage:
         self.set_meta("map_state", json.dumps(state, sort_keys=True))
 
     def save_map_points(self, rows, gone: list[int]) -> None:
-        """Place (or move) posts on the map; forget the places of `gone` posts."""
+        """Place (or move) posts on the map; forget the places of `gone` posts. Either moves
+        map_version on."""
+        self.set_meta("map_generation", str(int(self.get_meta("map_generation", "0")) + 1))
         self._sql_many("DELETE FROM post_map WHERE post_id = ?", [(i,) for i in gone])
         self._sql_many(
             "INSERT INTO post_map (post_id, topic_id, x, y, centrality, content_hash) "
