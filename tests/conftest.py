@@ -253,7 +253,17 @@ def _build_app(request, embedder, config: dict | None = None, *, llm: bool = Fal
     db = request.getfixturevalue(database)
     forget_rate_limits(db)
     chat_model = request.getfixturevalue("chat_model") if llm else None
-    return create_app({"db": str(db), **(config or {})}, embedder=embedder, llm=chat_model)
+    config = {"activity_db": activity_target(request, db), **(config or {})}
+    return create_app({"db": str(db), **config}, embedder=embedder, llm=chat_model)
+
+
+def activity_target(request, db) -> str:
+    """Where a test app keeps readers' activity: a new activity.db of the test's own for a
+    SQLite database; the activity_* tables of the (shared) PostgreSQL database, as a
+    PostgreSQL deployment keeps them. Ids are random, so tests do not see each other's."""
+    if str(db).startswith("postgresql://"):
+        return str(db)
+    return str(request.getfixturevalue("tmp_path") / "activity.db")
 
 
 @pytest.fixture

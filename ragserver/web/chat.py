@@ -7,17 +7,19 @@ import re
 import secrets
 import time
 
-from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
+from flask import (Blueprint, abort, jsonify, make_response, redirect, render_template, request,
+                   url_for)
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
+from ..activity import MAX_COMMENT_CHARS
 from ..answer import Event, Options, answer
 from ..storage import BackendUnavailable, database_errors
 from ..embedder import EmbedderError
 from ..llm import LLMError
 from ..render import checked_answer
 from .conversations import Turn
-from .limits import check_rate, take_place
+from .limits import check_rate, retry_after, take_place
 from .services import services
 from .sse import event_stream, sse
 from .validation import MAX_QUESTION_CHARS, BadQuestion, check_question
@@ -26,7 +28,6 @@ bp = Blueprint("chat", __name__)
 
 ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up its place
 EXAMPLES = 4  # example questions on an empty conversation
-TIMINGS = ("retrieval_ms", "ttft_ms", "tokens", "tokens_per_s")  # shown under an answer
 
 
 def _events(question: str, history: list[dict], stop=None):
@@ -90,12 +91,21 @@ def _example_questions(n: int) -> list[str]:
     return [example_question(post.title) for post in posts]
 
 
-def _render_turn_answer(turn: Turn):
-    """The finished answer (page and SSE swap alike): checked text, copy button, timings."""
+def _render_turn_answer(turn: Turn, **feedback):
+    """The finished answer (page and SSE swap alike): checked text, copy button, timings,
+    permalink and the feedback form (`feedback`: its thanks, error and comment)."""
     # Markup: render_template gives a str, which {{ render(turn) }} would escape.
     html = checked_answer(turn.answer, turn.segments, len(turn.sources), turn.id,
                           answered=turn.answered)
-    return Markup(render_template("chat/_answer.html", turn=turn, html=html))
+    return Markup(render_template("chat/_answer.html", turn=turn, html=html, **feedback))
+
+
+def _answer_page(turn: Turn, **feedback):
+    """The permalink page of one answer."""
+    response = make_response(render_template(
+        "chat/answer.html", turn=turn, render=lambda t: _render_turn_answer(t, **feedback)))
+    response.headers["X-Robots-Tag"] = "noindex"
+    return response
 
 
 @bp.post("/chat")
@@ -128,30 +138,19 @@ def ask_form():
     return redirect(url_for("chat.index", c=cid, _anchor=f"turn-{turn.id}"), code=303)
 
 
-def _run_turn(cid: str, turn: Turn):
-    """Run a claimed turn's answer, keeping the turn up to date; yields the events."""
-    history = services().conversations.history(cid, turn)
+def _run_turn(cid: str, turn: Turn, history: list[dict] | None = None):
+    """Run a claimed turn's answer, keeping the turn up to date; yields the events. The
+    turn is written to the activity store when it ends, however it ends. `history`: the
+    earlier messages a client sent (the APIs), else the conversation's own."""
+    conversations = services().conversations
+    if history is None:
+        history = conversations.history(cid, turn)
     try:
         for event in _events(turn.question, history, turn.stop):
-            if event.kind == "sources":
-                turn.sources = event.data
-            elif event.kind == "quick":
-                turn.quick = event.data
-            elif event.kind == "token":
-                turn.answer += event.data
-            elif event.kind == "checked":
-                turn.answer, turn.segments = event.data["text"], event.data["segments"]
-            elif event.kind == "error":
-                turn.state, turn.error = "error", event.data["message"]
-            elif event.kind == "done":
-                turn.state = "stopped" if event.data["stopped"] else "done"
-                turn.answered = event.data["answered"]
-                turn.timings = {key: event.data.get(key) for key in TIMINGS}
-                turn.timings["quick_ms"] = turn.quick.get("ms") if turn.quick else None
+            turn.apply(event)
             yield event
     finally:
-        if turn.state == "pending":  # the client went away mid-answer
-            turn.state = "stopped"
+        conversations.finish(turn)
         if turn.place:
             turn.place.give_back()
 
@@ -159,10 +158,10 @@ def _run_turn(cid: str, turn: Turn):
 @bp.get("/chat/stream/<turn_id>")
 def stream_turn(turn_id: str):
     """Server-sent events that fill in one turn: status, tokens, answer, sources, end."""
-    found = services().conversations.find(turn_id)
-    if found is None:
+    turn = services().conversations.find(turn_id)
+    if turn is None:
         abort(404)
-    cid, turn = found
+    cid = turn.conversation
 
     def finished():
         yield sse("answer", str(_render_turn_answer(turn)))
@@ -207,11 +206,86 @@ def stream_turn(turn_id: str):
 @bp.post("/chat/stop/<turn_id>")
 def stop_turn(turn_id: str):
     """Stop a turn's generation (the Stop button)."""
-    found = services().conversations.find(turn_id)
-    if found is None:
+    turn = services().conversations.find(turn_id)
+    if turn is None:
         abort(404)
-    found[1].stop.set()
+    turn.stop.set()
     return "", 204
+
+
+# -- permalinks and feedback -----------------------------------------------------
+
+@bp.get("/a/<turn_id>")
+def permalink(turn_id: str):
+    """One answer on a page of its own: the question, the answer and its sources. Its id is
+    random (96 bits), so only those it is shared with find it; it names no conversation."""
+    turn = services().conversations.find(turn_id)
+    if turn is None:
+        abort(404)
+    return _answer_page(turn, thanks=request.args.get("thanks") == "1")
+
+
+VOTES = {"up": 1, "down": -1}
+
+
+def record_feedback(turn_id: str, vote, comment) -> tuple[int, str]:
+    """(HTTP status, what to tell the reader) for a reader's mark on an answer."""
+    svc = services()
+    if vote not in VOTES:
+        return 400, "Say whether the answer helped: vote up or down."
+    comment = comment if isinstance(comment, str) else ""
+    comment = comment.strip()
+    if len(comment) > MAX_COMMENT_CHARS:
+        return 400, f"The comment is {len(comment)} characters long; the limit is {MAX_COMMENT_CHARS}."
+    wait = svc.feedback_limit.take(request.remote_addr or "")
+    if wait:
+        return 429, f"Too much feedback from your address: please wait {retry_after(wait)} seconds."
+    if svc.activity is None:
+        return 503, "This server does not keep feedback (RAGSERVER_ACTIVITY_DB is off)."
+    turn = svc.conversations.find(turn_id)
+    if turn is None:
+        return 404, "There is no such answer (it may have been deleted after its retention period)."
+    if turn.state == "pending":
+        return 409, "The answer is not finished yet."
+    if not svc.activity.add_feedback(turn_id, VOTES[vote], comment):
+        return 503, "Your feedback could not be saved just now; please try again in a minute."
+    return 200, "Thank you: your feedback was recorded."
+
+
+@bp.post("/a/<turn_id>/feedback")
+def feedback(turn_id: str):
+    """Thumbs up or down with an optional comment, from the form under an answer."""
+    comment = request.form.get("comment") or ""
+    status, message = record_feedback(turn_id, request.form.get("vote"), comment)
+    turn = services().conversations.find(turn_id)
+    if request.htmx:
+        # htmx swaps only 2xx responses: a refusal comes back as the form with its message
+        # and the reader's comment, so nothing typed is lost.
+        if turn is None:
+            return render_template("chat/_error.html", message=message)
+        return render_template("chat/_feedback.html", turn=turn, thanks=status == 200,
+                               error=None if status == 200 else message, comment=comment)
+    if status == 200:
+        return redirect(url_for("chat.permalink", turn_id=turn_id, thanks=1), code=303)
+    if turn is None:
+        abort(status, message)
+    response = _answer_page(turn, error=message, comment=comment)
+    response.status_code = status
+    return response
+
+
+@bp.post("/api/feedback")
+def api_feedback():
+    """{"id": answer id, "vote": "up"|"down", "comment": optional} -> {"ok": true}."""
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
+        return jsonify(error='send a JSON object: {"id": ..., "vote": "up" or "down", '
+                             '"comment": ...}'), 400
+    status, message = record_feedback(payload["id"], payload.get("vote"),
+                                      payload.get("comment") or "")
+    if status != 200:
+        return jsonify(error=message), status
+    return jsonify(ok=True, message=message)
 
 
 # -- JSON API ---------------------------------------------------------------
@@ -232,13 +306,17 @@ def api_ask():
     svc = services()
     check_rate(svc.ask_limit, "questions")
     place = take_place(svc.gate)
+    turn = start_turn(question, "api")
+    permalink = url_for("chat.permalink", turn_id=turn.id, _external=True)
 
     def generate():
         try:
-            for event in _events(question, history):
+            for event in _run_turn(turn.conversation, turn, history):
                 data = {"text": event.data} if event.kind == "token" else event.data
                 if event.kind == "sources":
                     data = {"sources": event.data}
+                elif event.kind == "done":
+                    data = {**event.data, "id": turn.id, "permalink": permalink}
                 yield sse(event.kind, json.dumps(data, ensure_ascii=False))
         finally:
             place.give_back()
@@ -246,3 +324,12 @@ def api_ask():
     response = event_stream(generate())
     response.call_on_close(place.give_back)  # also when the stream never started
     return response
+
+
+def start_turn(question: str, via: str) -> Turn:
+    """A one-off question of an API client (api, openai, mcp) as a turn of its own
+    conversation, claimed: run it with _run_turn(turn.conversation, turn, history)."""
+    conversations = services().conversations
+    turn = conversations.add(secrets.token_urlsafe(9), question, via=via)
+    conversations.claim(turn)
+    return turn

@@ -38,7 +38,7 @@ def healthz():
     return jsonify(
         status=status, **where, vector_index=stats.vector_index, posts=stats.posts, passages=stats.passages,
         vectors=stats.vectors, index_rows=stats.index_rows,
-        embedding_model=model.name if model else None, llm=llm,
+        embedding_model=model.name if model else None, llm=llm, activity=_activity_status(),
     ), (200 if status == "ok" else 503)
 
 
@@ -55,3 +55,9 @@ def _llm_status(settings) -> tuple[dict, bool]:
     if path is None:  # RAGSERVER_LLM_MODEL=none: quoted answers only, by choice
         return {**status, "backend": "none"}, True
     return {**status, "backend": "local", "model": path.name, **svc.llm_status()}, True
+
+
+def _activity_status() -> dict | None:
+    """Where readers' activity goes and whether its writes fail (they never fail a request)."""
+    store = services().activity
+    return None if store is None else store.status()

@@ -74,6 +74,8 @@ def api_search():
         if more:
             result["more"] = [more_passage(h, query) for h in others]
         results.append(result)
+    if not results:
+        _record_empty(query, mode)
     return jsonify(query=query, mode=mode, results=results,
                    took_ms=round((time.perf_counter() - started) * 1000, 1))
 
@@ -120,6 +122,13 @@ def _related():
             "nearby": [related_post(r) for r in nearby]}, None, 200
 
 
+def _record_empty(query: str, mode: str) -> None:
+    """A search that found nothing goes to the owner's report (no other search is kept)."""
+    store = services().activity
+    if store is not None:
+        store.record_empty_search(query, mode)
+
+
 def _other_places(group, query: str):
     """(the post as a search hit, other passages of it that sit under a different anchor)."""
     best, seen, others = group[0], {group[0].anchor}, []
@@ -162,6 +171,8 @@ def search_page():
             else:
                 groups = _search(query, PAGE_SIZE + 1, mode, offset=(page - 1) * PAGE_SIZE,
                                  per_post=3)
+                if not groups and page == 1:
+                    _record_empty(query, mode)
                 context.update(query=query, page=page, mode=mode,
                                groups=[_other_places(g, query) for g in groups[:PAGE_SIZE]],
                                has_next=len(groups) > PAGE_SIZE and page < MAX_PAGE)

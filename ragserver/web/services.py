@@ -1,5 +1,5 @@
 """What the views share: the models, loaded lazily, and the app's gate, read connections,
-conversations, rate limits and the drawn map.
+conversations and the activity store, rate limits and the drawn map.
 
 Models load on first use, inside the worker process (after gunicorn forks).
 """
@@ -10,6 +10,7 @@ import threading
 
 from flask import current_app
 
+from ..activity import open_activity
 from ..config import QUERY_EMBED_THREADS, Settings
 from ..embedder import CachedQueries
 from ..gate import Gate
@@ -18,6 +19,9 @@ from ..storage import shared_rate_limits
 from .conversations import Conversations
 from .limits import RateLimit
 from .pool import ReaderPool
+
+
+ADMIN_TRIES = 10  # /admin sign-ins a minute from one address: a token cannot be guessed by trying
 
 
 class Services:
@@ -30,10 +34,13 @@ class Services:
         self._load_lock = threading.Lock()
         self.pool = ReaderPool(settings.database)
         self.gate = Gate(settings.max_waiting)
-        self.conversations = Conversations()
+        self.activity = open_activity(settings)  # None when RAGSERVER_ACTIVITY_DB=off
+        self.conversations = Conversations(self.activity)
         shared = shared_rate_limits(settings.database)
         self.ask_limit = RateLimit(settings.ask_rate, shared=shared, name="ask")
         self.search_limit = RateLimit(settings.search_rate, shared=shared, name="search")
+        self.feedback_limit = RateLimit(settings.feedback_rate, shared=shared, name="feedback")
+        self.admin_limit = RateLimit(ADMIN_TRIES, shared=shared, name="admin")
         self.drawn_map = None  # the /explore map as last read and drawn (web/explore.py)
 
     def embedder(self):
