@@ -882,6 +882,105 @@ def _print_facts(facts: dict, problem: str) -> None:
 
 
 
+def _activity(settings):
+    """The activity store the settings name, or exit saying it is turned off."""
+    from .activity import open_activity
+
+    store = open_activity(settings)
+    if store is None:
+        raise click.ClickException("RAGSERVER_ACTIVITY_DB is off: this server keeps no activity.")
+    return store
+
+
+def _age(value: str) -> float:
+    from .activity import parse_age
+
+    try:
+        return parse_age(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@cli.group()
+def activity():
+    """What readers did on the web app: prune it or export it.
+
+    Conversations, answers, feedback and searches that found nothing are kept in the
+    activity store (activity.db beside a SQLite posts file, or activity_* tables in
+    PostgreSQL) for RAGSERVER_ACTIVITY_DAYS days.
+    """
+
+
+@activity.command(name="prune")
+@db_option
+@click.option("--days", type=click.IntRange(0, None), default=None,
+              help="Delete what is older than this many days (default: RAGSERVER_ACTIVITY_DAYS).")
+def activity_prune(db, days):
+    """Delete activity older than the retention period now (the web app also prunes hourly)."""
+    from .activity import ActivityUnavailable
+
+    settings = _settings(db)
+    store = _activity(settings)
+    days = settings.activity_days if days is None else days
+    if days == 0 and settings.activity_days == 0:
+        raise click.ClickException("RAGSERVER_ACTIVITY_DAYS is 0 (keep everything): "
+                                   "say how much to keep with --days N.")
+    try:
+        removed = store.prune(days)
+    except ActivityUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{store.label}: removed {removed['turns']} answer(s), {removed['feedback']} "
+               f"feedback mark(s) and {removed['searches']} search(es) older than {days} day(s).")
+
+
+@activity.command(name="export")
+@db_option
+@click.option("--since", default=None, metavar="AGE",
+              help="Only what is newer than this: 30d, 12h, 2w (default: everything kept).")
+def activity_export(db, since):
+    """Print every kept record as NDJSON (one JSON object per line, with a "type": turn,
+    feedback or empty_search), oldest first."""
+    import time
+
+    from .activity import ActivityUnavailable
+
+    store = _activity(_settings(db))
+    start = 0.0 if since is None else time.time() - _age(since)
+    try:
+        for record in store.export(start):
+            click.echo(json.dumps(record, ensure_ascii=False))
+    except ActivityUnavailable as error:
+        raise click.ClickException(str(error)) from None
+
+
+@cli.command()
+@db_option
+@click.option("--since", default="30d", show_default=True, metavar="AGE",
+              help="The period to report on: 30d, 12h, 2w.")
+@click.option("-n", "top", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="Entries per section.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def report(db, since, top, as_json):
+    """What readers asked: the most asked questions grouped by meaning, questions the blog
+    could not answer grouped into themes (what to write next), answers marked down,
+    searches that found nothing and the posts answers cited most."""
+    from .activity import ActivityUnavailable
+    from .report import build_report, format_report
+
+    settings = _settings(db)
+    store = _activity(settings)
+    seconds = _age(since)
+    try:
+        result = build_report(store, _embedder(settings), since=seconds,
+                              min_score=settings.min_score, top=top)
+    except ActivityUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_report(result))
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
