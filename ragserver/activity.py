@@ -132,7 +132,9 @@ class Activity:
         self.postgres = target.startswith(("postgresql://", "postgres://"))
         self.days = days
         self.failures = 0  # writes lost since this process started
-        self.last_error = ""
+        self.last_error = ""  # the latest failure's message, kept after writing works again
+        self.last_error_at = 0.0
+        self.last_write_ok = True
         self._local = threading.local()
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -211,7 +213,8 @@ class Activity:
                 cursor = conn.execute(sql, params)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                conn.execute("ROLLBACK")
             raise
         return cursor.rowcount
 
@@ -223,10 +226,11 @@ class Activity:
             self._drop_connection()
             self.failures += 1
             self.last_error = f"{type(error).__name__}: {error}"
+            self.last_error_at, self.last_write_ok = time.time(), False
             log.warning("activity not recorded in %s (%s): %s", self.label,
                         self.failures, self.last_error)
             return None
-        self.last_error = ""
+        self.last_write_ok = True
         self._maybe_prune()
         return changed
 
@@ -240,9 +244,12 @@ class Activity:
                                       f"{error}") from error
 
     def status(self) -> dict:
-        """For /healthz: where activity goes, and whether the last write failed."""
+        """For /healthz: where activity goes, whether the last write worked, and the writes
+        lost since this process started with the latest failure."""
         return {"store": self.label, "retention_days": self.days,
-                "failed_writes": self.failures, "last_error": self.last_error or None}
+                "last_write_ok": self.last_write_ok, "failed_writes": self.failures,
+                "last_error": self.last_error or None,
+                "last_error_at": round(self.last_error_at, 3) if self.last_error else None}
 
     def close(self) -> None:
         self._drop_connection()

@@ -212,6 +212,7 @@ def test_a_search_that_finds_nothing_is_kept_and_others_are_not(client):
 def test_healthz_names_the_activity_store(client):
     activity = client.get("/healthz").get_json()["activity"]
     assert activity["failed_writes"] == 0 and activity["retention_days"] == 90
+    assert activity["last_write_ok"] is True and activity["last_error"] is None
 
 
 @pytest.mark.app({"activity_db": "off"})
