@@ -3,9 +3,9 @@
     python bench/report.py [--quick] [NAME ...]      # ./run bench does this
 
 NAME picks some of the benchmarks (ingest, search, index, threads, generation, serving, load,
-answers, scale, explore); --quick runs fewer repeats on less data, to check the benchmarks
-themselves (scale: 2k and 10k passages instead of 20k, 200k and 1M; explore: 282 and 2,000
-posts, without 20,000).
+answers, scale, explore, grouping); --quick runs fewer repeats on less data, to check the
+benchmarks themselves (scale: 2k and 10k passages instead of 20k, 200k and 1M; explore: 282
+and 2,000 posts, without 20,000).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from common import ROOT, machine  # noqa: E402
 
 BENCHMARKS = ["ingest", "search", "index", "threads", "generation", "serving", "load", "answers",
-              "scale", "explore"]
-# also run alone: python bench/load_test.py, python bench/answer_quality.py
-MODULES = {"load": "load_test", "answers": "answer_quality"}
+              "scale", "explore", "grouping"]
+# also run alone: python bench/load_test.py, python bench/answer_quality.py,
+# python bench/report_grouping.py
+MODULES = {"load": "load_test", "answers": "answer_quality", "grouping": "report_grouping"}
 RESULTS = HERE / "results.json"
 OUT = ROOT / "docs" / "benchmarks.md"
 
