@@ -87,21 +87,28 @@ def test_pages_refuse_bad_input_with_an_html_message(client, method, path, kwarg
 
 
 def test_no_web_request_changes_the_database(request, seeded_db, embedder, chat_model, tmp_path):
-    """Every route that is not a plain read only touches memory (conversations); the
-    database is opened read-only, so no endpoint needs an admin token. (PostgreSQL also
-    keeps the shared rate limit buckets, in a table of their own.)"""
+    """Every route that is not a plain read writes only to memory or the activity store
+    (conversations, feedback, the admin's sign-in); the posts database is opened
+    read-only. (PostgreSQL also keeps the shared rate limit buckets and the activity in
+    tables of their own.)"""
     db = clone_database(request, str(seeded_db), tmp_path, "copy")
     before = _contents(db)
     app = create_app({"db": str(db), "max_answer_tokens": 16}, embedder=embedder, llm=chat_model)
     writes = {(rule.rule, method) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"GET", "HEAD", "OPTIONS"}}
-    assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST")}
+    assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST"),
+                      ("/a/<turn_id>/feedback", "POST"), ("/api/feedback", "POST"),
+                      ("/admin", "POST"), ("/admin/sign-out", "POST")}
     client = app.test_client()
     for path in ("/", "/search?q=wal", "/api/search?q=wal&more=2", "/healthz",
                  "/api/related?source=sqlite/enabling-wal-mode.md", "/related?source=uv/uv-run.md"):
         assert client.get(path).status_code in (200, 404)
     assert b"event: done" in client.post("/api/ask", json={"question": "What is WAL mode?"}).data
-    assert client.post("/chat", data={"question": "What is WAL mode?"}).status_code == 303
+    asked = client.post("/chat", data={"question": "What is WAL mode?"})
+    assert asked.status_code == 303
+    turn_id = asked.headers["Location"].rsplit("#turn-", 1)[1]
+    assert client.post(f"/a/{turn_id}/feedback", data={"vote": "up"}).status_code == 303
+    assert app.extensions["ragserver"].activity.votes(turn_id) == {"up": 1, "down": 0}
     with app.extensions["ragserver"].reading() as conn:
         with pytest.raises(Exception, match="readonly|read-only"):
             conn.conn.execute("DELETE FROM posts")

@@ -315,3 +315,36 @@ def test_timings_are_closed_until_asked_for(browser, local):
     assert float(timings.evaluate("d => getComputedStyle(d).fontSize")[:-2]) >= 12
     page.screenshot(path="/tmp/chat-finished.png", full_page=True)
     page.context.close()
+
+
+def test_feedback_is_sent_from_under_the_answer_and_the_permalink_opens_it(browser, local):
+    """👎 with a comment goes to the server by htmx (no page load, no CSP violation), and
+    "Link to this answer" opens the answer's own page."""
+    from test_explore_browser import WATCH_CSP
+
+    app, url = local
+    turn = finished_turn(app, "feedback-browser")
+    app.extensions["ragserver"].conversations.finish(turn)
+    context = browser.new_context()
+    context.add_init_script(WATCH_CSP)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    loads = []
+    page.on("load", lambda: loads.append(page.url))
+    page.goto(f"{url}/?c=feedback-browser")
+    form = page.locator(f"#feedback-{turn.id}")
+    form.locator("input[name=comment]").fill("It should say how to check the mode")
+    form.locator("button[value=down]").click()
+    expect(page.locator(f"#feedback-{turn.id} .thanks")).to_have_text(
+        "Thank you: your feedback was recorded.")
+    assert len(loads) == 1  # the page stayed
+    given = [f for f in app.extensions["ragserver"].activity.feedback_since(0)
+             if f["turn"] == turn.id]
+    assert [(f["vote"], f["comment"]) for f in given] == [(-1, "It should say how to check the mode")]
+    page.locator(f"#turn-{turn.id} a.permalink").click()
+    expect(page.locator("h1")).to_have_text("An answer from the blog")
+    assert page.url == f"{url}/a/{turn.id}"
+    expect(page.locator(".question")).to_have_text(WAL_QUESTION)
+    expect(page.locator("ol.sources li")).to_have_count(1)
+    assert page.evaluate("window.cspViolations || []") == []
+    context.close()

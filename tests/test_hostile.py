@@ -79,6 +79,12 @@ def active_parts(html: str, page: bool = False) -> list[str]:
         html = re.sub(r'<meta name="(viewport|htmx-config)"[^>]*>|<meta charset="utf-8">', "", html)
         html = re.sub(r'<form id="(ask|search)"[^>]*>', "", html)
         html = re.sub(r'<input (type="hidden"|id="q")[^>]*>', "", html)
+    # Our own feedback form under each answer: it posts to this server's /a/<id>/feedback.
+    html = re.sub(r'<form class="feedback" id="feedback-[\w-]+" method="post"\s+'
+                  r'action="/a/[\w-]+/feedback"\s+hx-post="/a/[\w-]+/feedback" '
+                  r'hx-swap="outerHTML">', "", html)
+    html = re.sub(r'<input id="comment-[\w-]+" name="comment" type="text" maxlength="2000"\s+'
+                  r'placeholder="Comment \(optional\)" value="[^"<>]*">', "", html)
     parser = Inert()
     parser.feed(html)
     return parser.active
