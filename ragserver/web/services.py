@@ -21,7 +21,7 @@ from .pool import ReaderPool
 
 
 class Services:
-    """Models, gate, readers and conversations for one app."""
+    """Models, gate, readers, conversations and the MCP server for one app."""
 
     def __init__(self, settings: Settings, embedder=None, llm=None):
         self.settings = settings
@@ -35,6 +35,7 @@ class Services:
         self.ask_limit = RateLimit(settings.ask_rate, shared=shared, name="ask")
         self.search_limit = RateLimit(settings.search_rate, shared=shared, name="search")
         self.drawn_map = None  # the /explore map as last read and drawn (web/explore.py)
+        self.mcp_bridge = None  # the MCP server, started on first use (web/mcp_endpoint.py)
 
     def embedder(self):
         """The embedding model, loaded on first use."""
