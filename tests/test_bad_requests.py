@@ -95,13 +95,22 @@ def test_no_web_request_changes_the_database(request, seeded_db, embedder, chat_
     app = create_app({"db": str(db), "max_answer_tokens": 16}, embedder=embedder, llm=chat_model)
     writes = {(rule.rule, method) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"GET", "HEAD", "OPTIONS"}}
-    assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST")}
+    assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST"),
+                      ("/mcp", "POST")}
     client = app.test_client()
     for path in ("/", "/search?q=wal", "/api/search?q=wal&more=2", "/healthz",
                  "/api/related?source=sqlite/enabling-wal-mode.md", "/related?source=uv/uv-run.md"):
         assert client.get(path).status_code in (200, 404)
     assert b"event: done" in client.post("/api/ask", json={"question": "What is WAL mode?"}).data
     assert client.post("/chat", data={"question": "What is WAL mode?"}).status_code == 303
+    for name, arguments in [("search_posts", {"query": "wal"}), ("ask", {"question": "What is WAL?"}),
+                            ("get_post", {"url": "https://til.example/sqlite/enabling-wal-mode"}),
+                            ("related_posts", {"url": "https://til.example/uv/uv-cli-apps"})]:
+        called = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                           "params": {"name": name, "arguments": arguments}},
+                             headers={"Accept": "application/json, text/event-stream",
+                                      "MCP-Protocol-Version": "2025-11-25"})
+        assert called.status_code == 200 and called.json["result"]["isError"] is False, called.json
     with app.extensions["ragserver"].reading() as conn:
         with pytest.raises(Exception, match="readonly|read-only"):
             conn.conn.execute("DELETE FROM posts")
