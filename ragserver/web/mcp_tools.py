@@ -11,7 +11,6 @@ errors with a message for the model to read; mcp_endpoint.py serves the server.
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import contextmanager
 from typing import Annotated, Any, Callable
 
@@ -125,19 +124,15 @@ def _tool_error(error: Exception) -> ToolError:
     return ToolError(str(error))  # BadQuestion, NotFound: written for the caller
 
 
-async def _in_app(app: Flask, work: Callable[[], Any], stop: threading.Event | None = None):
-    """Run `work` on a worker thread inside the app's context; anticipated failures become
-    tool errors. A cancelled call sets `stop`, and the thread finishes on its own."""
+async def _in_app(app: Flask, work: Callable[[], Any]):
+    """Run `work` on a worker thread inside the app's context (the event loop stays free
+    for other requests); anticipated failures become tool errors."""
     def run():
         with app.app_context():
             return work()
 
     try:
-        return await anyio.to_thread.run_sync(run, abandon_on_cancel=stop is not None)
-    except anyio.get_cancelled_exc_class():
-        if stop is not None:
-            stop.set()
-        raise
+        return await anyio.to_thread.run_sync(run)
     except (HTTPException, BadQuestion, NotFound, *database_errors(), BackendUnavailable,
             EmbedderError, LLMError) as error:
         raise _tool_error(error) from error
@@ -272,7 +267,6 @@ def build_server(app: Flask) -> MCPServer:
         with the same words. Check important claims against the sources.
         """
         client = client_address(ctx)
-        stop = threading.Event()
 
         def work():
             text = check_question(question)
@@ -280,11 +274,13 @@ def build_server(app: Flask) -> MCPServer:
             check_rate(svc.ask_limit, "questions", client)
             place = take_place(svc.gate)
             try:
-                return _collect(_events(text, [], stop))
+                # WSGI gives no notice of a client that went away: the answer runs to
+                # its end, holding its place like any question.
+                return _collect(_events(text, []))
             finally:
                 place.give_back()
 
-        return await _in_app(app, work, stop)
+        return await _in_app(app, work)
 
     return server
 
