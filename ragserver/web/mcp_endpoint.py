@@ -44,31 +44,24 @@ class Bridge:
                                         daemon=True)
         self._thread.start()
         started = concurrent.futures.Future()
-        self._stop: asyncio.Event | None = None
         asyncio.run_coroutine_threadsafe(self._live(lifespan, started), self.loop)
         started.result(timeout=START_SECONDS)  # raises what the lifespan raised
         # wait_time: once the response is sent, how long a2wsgi waits for the request's
         # task to wind down before it cancels it.
         self.wsgi = ASGIMiddleware(asgi_app, wait_time=5.0, loop=self.loop)
 
-    async def _live(self, lifespan, started: concurrent.futures.Future) -> None:
-        self._stop = asyncio.Event()
+    @staticmethod
+    async def _live(lifespan, started: concurrent.futures.Future) -> None:
+        """Enter the lifespan and stay in it for as long as the process lives (the thread
+        is a daemon: a worker that exits takes it along)."""
         try:
             async with lifespan():
                 started.set_result(None)
-                await self._stop.wait()
+                await asyncio.Event().wait()
         except BaseException as error:
             if not started.done():
                 started.set_exception(error)
             raise
-
-    def close(self) -> None:
-        """Leave the lifespan and stop the loop (a worker that exits need not: the thread
-        is a daemon)."""
-        if self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
 
 
 def start_bridge(app) -> Bridge:
