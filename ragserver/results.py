@@ -13,7 +13,7 @@ from .render import highlight
 
 if TYPE_CHECKING:
     from .answer import Source
-    from .storage import Hit, RelatedPost
+    from .storage import Hit, RelatedPost, StoredPassage
 
 
 def search_hit(hit: Hit, query: str) -> dict:
@@ -49,3 +49,20 @@ def answer_source(source: Source) -> dict:
     """A numbered passage an answer was given, as the `sources` event lists it."""
     return {**asdict(source), "headings": list(source.headings), "link": source.link,
             "score": round(source.score, 4)}
+
+
+def post_text(title: str, passages: list[StoredPassage]) -> str:
+    """A post's text rebuilt from its passages as Markdown: the title, then each passage in
+    order under the headings it sits beneath (the words are the post's; the layout is
+    approximate, as a passage keeps no blank lines of the page it came from)."""
+    lines, current = [f"# {title}"] if title else [], ()
+    for passage in sorted(passages, key=lambda p: p.position):
+        path = tuple(passage.heading_path)
+        if path != current:
+            shared = 0
+            while shared < min(len(path), len(current)) and path[shared] == current[shared]:
+                shared += 1
+            lines += ["#" * (depth + 2) + " " + path[depth] for depth in range(shared, len(path))]
+            current = path
+        lines.append(passage.text)
+    return "\n\n".join(lines)

@@ -98,7 +98,7 @@ def test_no_web_request_changes_the_database(request, seeded_db, embedder, chat_
               for method in rule.methods - {"GET", "HEAD", "OPTIONS"}}
     assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST"),
                       ("/a/<turn_id>/feedback", "POST"), ("/api/feedback", "POST"),
-                      ("/admin", "POST"), ("/admin/sign-out", "POST")}
+                      ("/admin", "POST"), ("/admin/sign-out", "POST"), ("/mcp", "POST")}
     client = app.test_client()
     for path in ("/", "/search?q=wal", "/api/search?q=wal&more=2", "/healthz",
                  "/api/related?source=sqlite/enabling-wal-mode.md", "/related?source=uv/uv-run.md"):
@@ -109,6 +109,14 @@ def test_no_web_request_changes_the_database(request, seeded_db, embedder, chat_
     turn_id = asked.headers["Location"].rsplit("#turn-", 1)[1]
     assert client.post(f"/a/{turn_id}/feedback", data={"vote": "up"}).status_code == 303
     assert app.extensions["ragserver"].activity.votes(turn_id) == {"up": 1, "down": 0}
+    for name, arguments in [("search_posts", {"query": "wal"}), ("ask", {"question": "What is WAL?"}),
+                            ("get_post", {"url": "https://til.example/sqlite/enabling-wal-mode"}),
+                            ("related_posts", {"url": "https://til.example/uv/uv-cli-apps"})]:
+        called = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                           "params": {"name": name, "arguments": arguments}},
+                             headers={"Accept": "application/json, text/event-stream",
+                                      "MCP-Protocol-Version": "2025-11-25"})
+        assert called.status_code == 200 and called.json["result"]["isError"] is False, called.json
     with app.extensions["ragserver"].reading() as conn:
         with pytest.raises(Exception, match="readonly|read-only"):
             conn.conn.execute("DELETE FROM posts")

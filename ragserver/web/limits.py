@@ -70,9 +70,12 @@ def retry_after(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def check_rate(limit: RateLimit, noun: str) -> None:
-    """Count one request of this client; HTTP 429 with Retry-After when it is over the limit."""
-    wait = limit.take(request.remote_addr or "")
+def check_rate(limit: RateLimit, noun: str, client: str | None = None) -> None:
+    """Count one request of this client (the request's address unless `client` names it);
+    HTTP 429 with Retry-After when it is over the limit."""
+    if client is None:
+        client = request.remote_addr or ""
+    wait = limit.take(client)
     if wait:
         seconds = retry_after(wait)
         raise TooManyRequests(f"Too many {noun} from your address: please wait {seconds} "

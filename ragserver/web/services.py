@@ -25,7 +25,7 @@ ADMIN_TRIES = 10  # /admin sign-ins a minute from one address: a token cannot be
 
 
 class Services:
-    """Models, gate, readers and conversations for one app."""
+    """Models, gate, readers, conversations and the MCP server for one app."""
 
     def __init__(self, settings: Settings, embedder=None, llm=None):
         self.settings = settings
@@ -42,6 +42,7 @@ class Services:
         self.feedback_limit = RateLimit(settings.feedback_rate, shared=shared, name="feedback")
         self.admin_limit = RateLimit(ADMIN_TRIES, shared=shared, name="admin")
         self.drawn_map = None  # the /explore map as last read and drawn (web/explore.py)
+        self.mcp_bridge = None  # the MCP server, started on first use (web/mcp_endpoint.py)
 
     def embedder(self):
         """The embedding model, loaded on first use."""
