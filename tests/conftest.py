@@ -32,6 +32,12 @@ def pytest_configure(config):
     # The suite's many ingests name the topics they rebuild by keywords: the answer model
     # takes about a second a topic. tests/test_explore.py names them with the real model.
     os.environ.setdefault("RAGSERVER_TOPIC_LABELS", "keywords")
+    # Apps and servers a test starts keep readers' activity in one SQLite file of the
+    # session, not in the posts database beside them: a session-wide PostgreSQL database
+    # must not hold the activity store's connections (it is copied as a template).
+    # tests/test_activity.py gives its apps stores of their own, on both backends.
+    os.environ.setdefault("RAGSERVER_ACTIVITY_DB", str(
+        Path(tempfile.mkdtemp(prefix="ragserver-test-activity-")) / "activity.db"))
     config.addinivalue_line(
         "markers", "backends(*names): the storage backends a test runs against (default: all "
         "of RAGSERVER_TEST_BACKENDS); for tests of one backend's own behaviour")
@@ -259,11 +265,13 @@ def _build_app(request, embedder, config: dict | None = None, *, llm: bool = Fal
 
 def activity_target(request, db) -> str:
     """Where a test app keeps readers' activity: a new activity.db of the test's own for a
-    SQLite database; the activity_* tables of the (shared) PostgreSQL database, as a
-    PostgreSQL deployment keeps them. Ids are random, so tests do not see each other's."""
+    SQLite database; activity_* tables in a new PostgreSQL database for a PostgreSQL one,
+    as a PostgreSQL deployment keeps them (not in the shared seeded database, whose
+    copies need it without connections)."""
+    tmp_path = request.getfixturevalue("tmp_path")
     if str(db).startswith("postgresql://"):
-        return str(db)
-    return str(request.getfixturevalue("tmp_path") / "activity.db")
+        return make_database(request, "postgresql", tmp_path, "activity")
+    return str(tmp_path / "activity.db")
 
 
 @pytest.fixture

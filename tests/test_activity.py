@@ -88,6 +88,19 @@ def test_export_is_every_record_with_its_type(store):
     json.dumps(records)  # NDJSON-ready
 
 
+def test_activity_goes_beside_the_posts_by_default():
+    from ragserver.activity import activity_target
+    from ragserver.config import load_settings
+
+    beside = load_settings(environ={}, db="/srv/blog/posts.db")
+    assert activity_target(beside) == "/srv/blog/activity.db"
+    url = "postgresql://blog@db.example/blog"
+    assert activity_target(load_settings(environ={"RAGSERVER_DATABASE_URL": url})) == url
+    chosen = load_settings(environ={"RAGSERVER_ACTIVITY_DB": "~/readers.db"}, db="/srv/p.db")
+    assert activity_target(chosen).endswith("/readers.db") and "~" not in activity_target(chosen)
+    assert activity_target(load_settings(environ={"RAGSERVER_ACTIVITY_DB": "off"})) == ""
+
+
 @pytest.mark.parametrize("text,seconds", [("30d", 30 * DAY), ("12h", 43200), ("2w", 14 * DAY),
                                           ("90m", 5400), ("7", 7 * DAY)])
 def test_ages(text, seconds):

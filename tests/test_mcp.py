@@ -14,6 +14,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import forget_rate_limits, running_server
+from ragserver.activity import Activity
 from ragserver.storage import StoredPassage
 from ragserver.results import post_text
 from ragserver.web.mcp_endpoint import refuse_origin
@@ -27,14 +28,21 @@ ASK_RATE = 2  # 127.0.0.1 asks twice
 
 
 @pytest.fixture(scope="module")
-def server(seeded_db, tmp_path_factory):
+def activity_file(tmp_path_factory):
+    """The activity store the server keeps answers in."""
+    return tmp_path_factory.mktemp("activity") / "activity.db"
+
+
+@pytest.fixture(scope="module")
+def server(seeded_db, tmp_path_factory, activity_file):
     """Base URL of gunicorn serving the seeded database: SmolLM2 answers (short), one
     proxy is trusted (X-Forwarded-For names the client), and the limits are small."""
     forget_rate_limits(seeded_db)
     env = {"RAGSERVER_LLM_MODEL": "smollm2", "RAGSERVER_MAX_ANSWER_TOKENS": "60",
            "RAGSERVER_TRUSTED_PROXIES": "1", "RAGSERVER_SEARCH_RATE": str(SEARCH_RATE),
            "RAGSERVER_ASK_RATE": str(ASK_RATE),
-           "RAGSERVER_ALLOWED_ORIGINS": "https://blog.example"}
+           "RAGSERVER_ALLOWED_ORIGINS": "https://blog.example",
+           "RAGSERVER_ACTIVITY_DB": str(activity_file)}
     with running_server(seeded_db, tmp_path_factory.mktemp("gunicorn") / "server.log", env) as url:
         yield url
 
@@ -115,11 +123,13 @@ def test_bad_arguments_are_tool_errors(server):
     assert "Please type a question." in error_text(call(server, "ask", {"question": ""}))
 
 
-def test_ask_answers_with_numbered_sources(server):
+def test_ask_answers_with_numbered_sources(server, activity_file):
     """ask: SmolLM2's answer with its numbered sources, and the quote; a question the posts
     do not cover says so without the model."""
     answer = call(server, "ask", {"question": WAL_QUESTION}).structured_content
     assert answer["answered"] is True
+    kept = [t for t in Activity(str(activity_file)).turns_since(0) if t.via == "mcp"]
+    assert kept[-1].question == WAL_QUESTION and kept[-1].state == "done" and kept[-1].sources
     assert answer["answer"].strip()
     assert [s["n"] for s in answer["sources"]] == list(range(1, len(answer["sources"]) + 1))
     assert any(s["title"] == WAL_TITLE and s["link"].startswith(WAL_URL)

@@ -28,7 +28,7 @@ from ..related import NotFound, related_posts as find_related
 from ..render import highlight
 from ..results import post_text
 from ..storage import BackendUnavailable, database_errors
-from .chat import _events
+from .chat import _run_turn, start_turn
 from .limits import check_rate, take_place
 from .search import MAX_RESULTS, _search
 from .services import services
@@ -275,8 +275,10 @@ def build_server(app: Flask) -> MCPServer:
             place = take_place(svc.gate)
             try:
                 # WSGI gives no notice of a client that went away: the answer runs to
-                # its end, holding its place like any question.
-                return _collect(_events(text, []))
+                # its end, holding its place like any question. It is kept in the
+                # activity store as any answer is (via "mcp").
+                turn = start_turn(text, "mcp")
+                return _collect(_run_turn(turn.conversation, turn, []))
             finally:
                 place.give_back()
 
