@@ -20,7 +20,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
 
     from . import config as config_module
     from . import render
-    from .web import chat, errors, explore, health, policy, search
+    from .web import chat, errors, explore, health, openai_api, policy, search
     from .web.services import Services
 
     settings = config_module.load_settings(**(config or {}))
@@ -41,6 +41,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     app.register_blueprint(chat.bp)
     app.register_blueprint(search.bp)
     app.register_blueprint(explore.bp)
+    app.register_blueprint(openai_api.bp)
     errors.register(app)
     app.after_request(policy.add_security_headers)
     return app

@@ -29,8 +29,8 @@ EXAMPLES = 4  # example questions on an empty conversation
 TIMINGS = ("retrieval_ms", "ttft_ms", "tokens", "tokens_per_s")  # shown under an answer
 
 
-def _events(question: str, history: list[dict], stop=None):
-    """answer() with the app's models, readers and settings."""
+def answer_events(question: str, history: list[dict], stop=None, **options):
+    """answer() with the app's models, readers and settings (`options` override Options)."""
     svc = services()
     settings = svc.settings
     try:
@@ -41,7 +41,7 @@ def _events(question: str, history: list[dict], stop=None):
         embedder = svc.embedder()
         model = svc.llm()
         yield from answer(question, history, db=svc.reading, embedder=embedder, model=model,
-                          gate=svc.gate, options=Options.from_settings(settings),
+                          gate=svc.gate, options=Options.from_settings(settings, **options),
                           should_stop=stop.is_set if stop else (lambda: False))
     except (HTTPException, *database_errors(), BackendUnavailable, EmbedderError,
             LLMError) as error:
@@ -132,7 +132,7 @@ def _run_turn(cid: str, turn: Turn):
     """Run a claimed turn's answer, keeping the turn up to date; yields the events."""
     history = services().conversations.history(cid, turn)
     try:
-        for event in _events(turn.question, history, turn.stop):
+        for event in answer_events(turn.question, history, turn.stop):
             if event.kind == "sources":
                 turn.sources = event.data
             elif event.kind == "quick":
@@ -235,7 +235,7 @@ def api_ask():
 
     def generate():
         try:
-            for event in _events(question, history):
+            for event in answer_events(question, history):
                 data = {"text": event.data} if event.kind == "token" else event.data
                 if event.kind == "sources":
                     data = {"sources": event.data}
