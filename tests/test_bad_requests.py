@@ -95,12 +95,16 @@ def test_no_web_request_changes_the_database(request, seeded_db, embedder, chat_
     app = create_app({"db": str(db), "max_answer_tokens": 16}, embedder=embedder, llm=chat_model)
     writes = {(rule.rule, method) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"GET", "HEAD", "OPTIONS"}}
-    assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST")}
+    assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST"),
+                      ("/v1/chat/completions", "POST")}
     client = app.test_client()
     for path in ("/", "/search?q=wal", "/api/search?q=wal&more=2", "/healthz",
                  "/api/related?source=sqlite/enabling-wal-mode.md", "/related?source=uv/uv-run.md"):
         assert client.get(path).status_code in (200, 404)
     assert b"event: done" in client.post("/api/ask", json={"question": "What is WAL mode?"}).data
+    completion = client.post("/v1/chat/completions", json={
+        "model": "ragserver", "messages": [{"role": "user", "content": "What is WAL mode?"}]})
+    assert completion.status_code == 200 and completion.json["answered"]
     assert client.post("/chat", data={"question": "What is WAL mode?"}).status_code == 303
     with app.extensions["ragserver"].reading() as conn:
         with pytest.raises(Exception, match="readonly|read-only"):
