@@ -114,14 +114,15 @@ def test_earlier_messages_are_the_conversation(server):
     follow_up = [{"type": "text", "text": "and how do I install it?"}]  # content as parts
     alone = server.chat.completions.create(
         model="ragserver", messages=[{"role": "user", "content": follow_up}])
-    together = server.chat.completions.create(model="ragserver", messages=[
+    together = server.chat.completions.create(model="ragserver", max_tokens=8, messages=[
         {"role": "user", "content": "What is uv?"},
         {"role": "assistant", "content": "A Python package and project manager [1].\n\n"
                                          "Sources:\n[1] uv — https://til.example/uv/"},
         {"role": "user", "content": follow_up}])
-    assert not any("/uv/" in s["url"] for s in alone.model_extra["sources"])
-    assert together.model_extra["sources"]
+    assert alone.model_extra["answered"] is False  # alone, "it" is nothing the posts know
+    assert together.model_extra["answered"] is True and together.model_extra["sources"]
     assert all("/uv/" in s["url"] for s in together.model_extra["sources"])
+    assert together.usage.completion_tokens <= 8  # max_tokens under the server's cap is honoured
 
 
 LONG = "x" * 2001
@@ -231,6 +232,22 @@ def test_a_full_queue_is_a_429_in_openais_shape(app, client):
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     error = refused.json["error"]
     assert error["type"] == "rate_limit_error" and "The model is busy" in error["message"]
+
+
+@pytest.mark.app({"max_answer_tokens": 200}, llm=True)
+def test_a_client_that_leaves_mid_stream_frees_the_model(app):
+    gate = app.extensions["ragserver"].gate
+    response = app.test_client().post("/v1/chat/completions", buffered=False, json={
+        "model": "ragserver", "stream": True,
+        "messages": [{"role": "user", "content": WAL_QUESTION}]})
+    received = b""
+    for piece in response.response:
+        received += piece
+        if received.count(b'"content": "') >= 3:  # the role chunk, then two tokens
+            break
+    assert gate.busy
+    response.close()  # what the server does when the client hangs up
+    assert not gate.busy and gate.admitted == 0
 
 
 def test_no_cross_origin_access_like_api_ask(client):
