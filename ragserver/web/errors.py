@@ -64,11 +64,16 @@ def _message(error: HTTPException) -> str:
     return template.format(path=request.path, method=request.method, limit=limit)
 
 
-def openai_error(message: str, status: int, code: str | None = None, param: str | None = None):
-    """OpenAI's error body, {"error": {"message", "type", "param", "code"}}, as a JSON response."""
+def openai_error_object(message: str, status: int, code: str | None = None,
+                        param: str | None = None) -> dict:
+    """OpenAI's error object: {"message", "type", "param", "code"}."""
     kind, default_code = OPENAI_ERRORS.get(status, ("server_error", "internal_error"))
-    return jsonify(error={"message": message, "type": kind, "param": param,
-                          "code": code or default_code})
+    return {"message": message, "type": kind, "param": param, "code": code or default_code}
+
+
+def openai_error(message: str, status: int, code: str | None = None, param: str | None = None):
+    """{"error": <OpenAI's error object>} as a JSON response."""
+    return jsonify(error=openai_error_object(message, status, code, param))
 
 
 def error_response(message: str, status: int, headers=None):

@@ -18,7 +18,7 @@ from flask import Blueprint, jsonify, request
 
 from ..answer import NO_ANSWER
 from .chat import answer_events
-from .errors import openai_error
+from .errors import openai_error, openai_error_object
 from .limits import check_rate, take_place
 from .services import services
 from .sse import event_stream
@@ -306,15 +306,13 @@ def chat_completions():
                 piece = answer.take(event)
                 if piece:
                     yield chunk({"content": piece})
-                elif event.kind == "queued":  # an SSE comment: clients skip it, and a
-                    # write notices a client that left while waiting
+                elif event.kind == "queued":
+                    # An SSE comment: clients skip it, and writing notices one that left.
                     yield f": waiting for the model, {event.data['position']} ahead\n\n"
             if answer.error:
-                # Mid-stream, the status is sent already: OpenAI's error object as an event
-                # (the openai package raises APIError with its message), then the end.
-                kind, code = "server_error", "service_unavailable"
-                yield _data({"error": {"message": answer.error, "type": kind, "param": None,
-                                       "code": code}})
+                # The status (200) is sent already: OpenAI's error object as an event (the
+                # openai package raises APIError with its message), then the end.
+                yield _data({"error": openai_error_object(answer.error, 503)})
             else:
                 rest = answer.tail()
                 if rest:
