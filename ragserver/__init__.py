@@ -20,7 +20,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
 
     from . import config as config_module
     from . import render
-    from .web import admin, chat, errors, explore, health, mcp_endpoint, policy, search
+    from .web import admin, chat, errors, explore, health, mcp_endpoint, openai_api, policy, search
     from .web.services import Services
 
     settings = config_module.load_settings(**(config or {}))
@@ -43,6 +43,7 @@ def create_app(config=None, *, embedder=None, llm=None) -> Flask:
     app.register_blueprint(explore.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(mcp_endpoint.bp)
+    app.register_blueprint(openai_api.bp)
     errors.register(app)
     app.after_request(policy.add_security_headers)
     return app

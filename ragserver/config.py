@@ -123,8 +123,8 @@ class Settings:
 
     ask_rate: int = _setting(
         "RAGSERVER_ASK_RATE", 10,
-        "Questions per minute one client may ask (chat and /api/ask); more get HTTP 429. "
-        "0: no limit.")
+        "Questions per minute one client may ask (chat, /api/ask, /v1/chat/completions); more "
+        "get HTTP 429. 0: no limit.")
     search_rate: int = _setting(
         "RAGSERVER_SEARCH_RATE", 120,
         "Searches and related-post lookups per minute one client may make; more get HTTP 429. "

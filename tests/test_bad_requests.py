@@ -98,7 +98,8 @@ def test_no_web_request_changes_the_database(request, seeded_db, embedder, chat_
               for method in rule.methods - {"GET", "HEAD", "OPTIONS"}}
     assert writes == {("/chat", "POST"), ("/chat/stop/<turn_id>", "POST"), ("/api/ask", "POST"),
                       ("/a/<turn_id>/feedback", "POST"), ("/api/feedback", "POST"),
-                      ("/admin", "POST"), ("/admin/sign-out", "POST"), ("/mcp", "POST")}
+                      ("/admin", "POST"), ("/admin/sign-out", "POST"), ("/mcp", "POST"),
+                      ("/v1/chat/completions", "POST")}
     client = app.test_client()
     for path in ("/", "/search?q=wal", "/api/search?q=wal&more=2", "/healthz",
                  "/api/related?source=sqlite/enabling-wal-mode.md", "/related?source=uv/uv-run.md"):
@@ -117,6 +118,9 @@ def test_no_web_request_changes_the_database(request, seeded_db, embedder, chat_
                              headers={"Accept": "application/json, text/event-stream",
                                       "MCP-Protocol-Version": "2025-11-25"})
         assert called.status_code == 200 and called.json["result"]["isError"] is False, called.json
+    completion = client.post("/v1/chat/completions", json={
+        "model": "ragserver", "messages": [{"role": "user", "content": "What is WAL mode?"}]})
+    assert completion.status_code == 200 and completion.json["answered"]
     with app.extensions["ragserver"].reading() as conn:
         with pytest.raises(Exception, match="readonly|read-only"):
             conn.conn.execute("DELETE FROM posts")

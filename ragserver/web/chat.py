@@ -30,8 +30,8 @@ ABANDONED_SECONDS = 60  # a turn whose stream was not opened by then gives up it
 EXAMPLES = 4  # example questions on an empty conversation
 
 
-def _events(question: str, history: list[dict], stop=None):
-    """answer() with the app's models, readers and settings."""
+def answer_events(question: str, history: list[dict], stop=None, **options):
+    """answer() with the app's models, readers and settings (`options` override Options)."""
     svc = services()
     settings = svc.settings
     try:
@@ -42,7 +42,7 @@ def _events(question: str, history: list[dict], stop=None):
         embedder = svc.embedder()
         model = svc.llm()
         yield from answer(question, history, db=svc.reading, embedder=embedder, model=model,
-                          gate=svc.gate, options=Options.from_settings(settings),
+                          gate=svc.gate, options=Options.from_settings(settings, **options),
                           should_stop=stop.is_set if stop else (lambda: False))
     except (HTTPException, *database_errors(), BackendUnavailable, EmbedderError,
             LLMError) as error:
@@ -138,15 +138,16 @@ def ask_form():
     return redirect(url_for("chat.index", c=cid, _anchor=f"turn-{turn.id}"), code=303)
 
 
-def _run_turn(cid: str, turn: Turn, history: list[dict] | None = None):
+def _run_turn(cid: str, turn: Turn, history: list[dict] | None = None, **options):
     """Run a claimed turn's answer, keeping the turn up to date; yields the events. The
     turn is written to the activity store when it ends, however it ends. `history`: the
-    earlier messages a client sent (the APIs), else the conversation's own."""
+    earlier messages a client sent (the APIs), else the conversation's own; `options`
+    override the answer's settings (see answer_events)."""
     conversations = services().conversations
     if history is None:
         history = conversations.history(cid, turn)
     try:
-        for event in _events(turn.question, history, turn.stop):
+        for event in answer_events(turn.question, history, turn.stop, **options):
             turn.apply(event)
             yield event
     finally:

@@ -1,4 +1,5 @@
-"""Every failure answers with a clear message: JSON under /api/, HTML elsewhere, no tracebacks."""
+"""Every failure answers with a clear message: JSON under /api/, OpenAI's error object under
+/v1/, HTML elsewhere, no tracebacks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ MESSAGES = {
     404: "There is nothing at {path}.",
     405: "{method} is not allowed at {path}.",
     413: "The request is too large: the limit is {limit:,} bytes.",
+}
+
+# OpenAI's error object: the type by status, and a code clients may switch on.
+OPENAI_ERRORS = {
+    400: ("invalid_request_error", "invalid_request"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    503: ("server_error", "service_unavailable"),
 }
 
 
@@ -53,9 +64,24 @@ def _message(error: HTTPException) -> str:
     return template.format(path=request.path, method=request.method, limit=limit)
 
 
+def openai_error_object(message: str, status: int, code: str | None = None,
+                        param: str | None = None) -> dict:
+    """OpenAI's error object: {"message", "type", "param", "code"}."""
+    kind, default_code = OPENAI_ERRORS.get(status, ("server_error", "internal_error"))
+    return {"message": message, "type": kind, "param": param, "code": code or default_code}
+
+
+def openai_error(message: str, status: int, code: str | None = None, param: str | None = None):
+    """{"error": <OpenAI's error object>} as a JSON response."""
+    return jsonify(error=openai_error_object(message, status, code, param))
+
+
 def error_response(message: str, status: int, headers=None):
-    """`message` as JSON under /api/ (and for JSON clients), else as an HTML page or fragment."""
-    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+    """`message` as JSON under /api/ (and for JSON clients), as OpenAI's error object under
+    /v1/, else as an HTML page or fragment."""
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        response = openai_error(message, status)
+    elif request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
         response = jsonify(error=message)
     elif getattr(request, "htmx", False):  # the fragment htmx swaps into the page
         response = render_template("chat/_error.html", message=message)
