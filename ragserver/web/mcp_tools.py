@@ -205,11 +205,7 @@ def build_server(app: Flask) -> MCPServer:
         client = client_address(ctx)
 
         def work():
-            wanted = url.strip()
-            if not wanted:
-                raise NotFound("Give the post's url, as search_posts returns it.")
-            check_rate(services().search_limit, "requests", client)
-            _require_posts()
+            wanted = _post_request(url, client)
             with services().reading() as conn:
                 post = conn.find_post(url=wanted)
                 if post is None:
@@ -235,11 +231,7 @@ def build_server(app: Flask) -> MCPServer:
         client = client_address(ctx)
 
         def work():
-            wanted = url.strip()
-            if not wanted:
-                raise NotFound("Give the post's url, as search_posts returns it.")
-            check_rate(services().search_limit, "requests", client)
-            _require_posts()
+            wanted = _post_request(url, client)
             with services().reading() as conn:
                 try:
                     post, similar = find_related(conn, url=wanted, n=limit)
@@ -285,6 +277,17 @@ def build_server(app: Flask) -> MCPServer:
         return await _in_app(app, work)
 
     return server
+
+
+def _post_request(url: str, client: str) -> str:
+    """The url a tool about one post was given, once it is counted against the client's
+    search limit and there are posts to look in."""
+    wanted = url.strip()
+    if not wanted:
+        raise NotFound("Give the post's url, as search_posts returns it.")
+    check_rate(services().search_limit, "requests", client)
+    _require_posts()
+    return wanted
 
 
 def _collect(events) -> Answer:
