@@ -289,6 +289,11 @@ def _check_database(settings: Settings) -> None:
     if settings.topic_labels not in ("model", "keywords"):
         raise ValueError("RAGSERVER_TOPIC_LABELS must be model or keywords, not "
                          f"{settings.topic_labels!r}")
+    activity = settings.activity_db.strip()
+    if activity and "://" not in activity and "://" not in settings.database and \
+            Path(activity).expanduser().resolve() == Path(settings.database).resolve():
+        raise ValueError("RAGSERVER_ACTIVITY_DB names the posts database itself; readers' "
+                         "activity needs a file of its own (the web app never writes the posts)")
     if settings.admin_token and len(settings.admin_token.strip()) < MIN_ADMIN_TOKEN:
         raise ValueError(f"RAGSERVER_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters "
                          "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe())')")

@@ -99,6 +99,8 @@ def test_activity_goes_beside_the_posts_by_default():
     chosen = load_settings(environ={"RAGSERVER_ACTIVITY_DB": "~/readers.db"}, db="/srv/p.db")
     assert activity_target(chosen).endswith("/readers.db") and "~" not in activity_target(chosen)
     assert activity_target(load_settings(environ={"RAGSERVER_ACTIVITY_DB": "off"})) == ""
+    with pytest.raises(ValueError, match="names the posts database itself"):
+        load_settings(environ={"RAGSERVER_ACTIVITY_DB": "/srv/blog/posts.db"}, db="/srv/blog/posts.db")
 
 
 @pytest.mark.parametrize("text,seconds", [("30d", 30 * DAY), ("12h", 43200), ("2w", 14 * DAY),

@@ -95,6 +95,17 @@ def test_answer_streams_then_renders_with_sources(chat):
     assert href.startswith("https://til.example/sqlite/enabling-wal-mode"), href
 
 
+def test_a_streamed_answer_takes_feedback_in_place(chat, server):
+    """The answer the stream swaps in carries its feedback form, which htmx sends."""
+    turn = ask(chat, "How do I list the tables of a SQLite database?")
+    form = turn.locator("form.feedback")
+    expect(form).to_be_visible(timeout=SLOW)
+    form.locator("button[value=up]").click()
+    expect(turn.locator(".feedback .thanks")).to_have_text("Thank you: your feedback was recorded.")
+    turn_id = turn.get_attribute("id").removeprefix("turn-")
+    expect(turn.locator("a.permalink")).to_have_attribute("href", f"/a/{turn_id}")
+
+
 def test_stop_halts_the_answer_and_frees_the_model(chat):
     """Stop ends a streaming answer with "Stopped."; the next question is still answered."""
     turn = ask(chat, "How can I run a Python script with its dependencies using uv?")
