@@ -174,9 +174,71 @@ def run(quick: bool) -> Section:
                for t in BELOW]),
         _meaning(sweep, chosen),
     ])
+    timing = _report_time(model, [200, 1_000] if quick else [1_000, 10_000])
+    markdown += "\n\n" + "\n\n".join([
+        "Building the whole report (`ragserver report`, `/admin`) from an activity store of "
+        "N answers, every question worded differently (the worst case: each is embedded), "
+        "a fifth of them unanswered, one embedding thread as in the web worker:",
+        table(["answers", "report built", "of which embedding", "largest group"],
+              [[f"{n:,}", f"{t['seconds']:.1f} s", f"{t['embedding']:.1f} s", t["groups"]]
+               for n, t in timing.items()])])
     data = {"sweep": _figures(sweep), "chosen": chosen, "holdout": _figures(holdout),
-            "themes_below": _figures(below), "pairs": pairs, "mixed": mixed}
+            "themes_below": _figures(below), "pairs": pairs, "mixed": mixed,
+            "report_seconds": timing}
     return Section("Report grouping", markdown, data)
+
+
+def _report_time(model, sizes: list[int]) -> dict:
+    """Seconds to build the report over a SQLite activity store of each size."""
+    import tempfile
+    import time
+
+    import torch
+
+    from ragserver.activity import Activity
+    from ragserver.report import build_report
+
+    torch.set_num_threads(1)
+    texts = []
+    for kind in SETS:
+        for split in ("tune", "holdout"):
+            texts += load_groups(kind, split)[0]
+    found = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            store = Activity(f"{folder}/activity.db")
+            for i in range(n):
+                store.start_turn(f"t{i}", f"c{i // 3}", f"{texts[i % len(texts)]} ({i})", "chat")
+                store.finish_turn(f"t{i}", answer="An answer [1].", state="done",
+                                  answered=i % 5 != 0, similarity=0.3 if i % 5 == 0 else 0.7,
+                                  sources=[{"n": 1, "title": "A post", "url": "https://x/p"}],
+                                  quick=None, segments=[], timings={}, error="")
+            embedding = Timed(model)
+            started = time.perf_counter()
+            report = build_report(store, embedding, since=86400.0, min_score=0.45, top=10)
+            found[n] = {"seconds": time.perf_counter() - started, "embedding": embedding.seconds,
+                        "groups": _count_groups(report)}
+            store.close()
+    return found
+
+
+def _count_groups(report: dict) -> int:
+    return report["most_asked"][0]["count"] if report["most_asked"] else 0
+
+
+class Timed:
+    """An embedder that counts the seconds spent embedding."""
+
+    def __init__(self, model):
+        self.model, self.seconds = model, 0.0
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        import time
+
+        started = time.perf_counter()
+        vectors = self.model.embed_queries(texts)
+        self.seconds += time.perf_counter() - started
+        return vectors
 
 
 def _meaning(sweep: dict, chosen: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -131,6 +132,9 @@ def load_embedder(settings: Settings) -> Embedder:
                    batch_size=settings.embed_batch_size)
 
 
+QUESTIONS_KEPT = 50_000  # question vectors the report keeps between views (~77 MB at 384 dims)
+
+
 class CachedQueries:
     """An embedder whose query vectors are remembered (repeated searches embed nothing)."""
 
@@ -141,6 +145,8 @@ class CachedQueries:
         self.info = embedder.info
         self.max_tokens = embedder.max_tokens
         self._cached = lru_cache(maxsize=size)(lambda text: embedder.embed_query(text))
+        self._questions: dict[str, np.ndarray] = {}  # embed_queries' memory
+        self._lock = threading.Lock()
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """As the wrapped embedder."""
@@ -155,8 +161,21 @@ class CachedQueries:
         return self._cached(text)
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
-        """As the wrapped embedder (not cached)."""
-        return self._embedder.embed_queries(texts)
+        """Many queries (the owner's report): those seen before from memory, the rest
+        embedded in one batch and remembered, up to `QUESTIONS_KEPT` of them."""
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._questions))
+        if missing:
+            fresh = self._embedder.embed_queries(missing)
+            with self._lock:
+                if len(self._questions) + len(missing) > QUESTIONS_KEPT:
+                    self._questions.clear()
+                self._questions.update(zip(missing, fresh))
+        with self._lock:
+            found = [self._questions.get(t) for t in texts]
+        if any(v is None for v in found):  # forgotten meanwhile by another thread's clear
+            return self._embedder.embed_queries(texts)
+        return np.stack(found) if found else np.zeros((0, self.info.dimension), np.float32)
 
     def cache_info(self):
         """Hits and misses, for tests and benchmarks."""

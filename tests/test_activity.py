@@ -380,3 +380,18 @@ def test_admin_sign_in_attempts_are_limited(client):
 def test_a_short_admin_token_is_refused(seeded_db, embedder):
     with pytest.raises(ValueError, match="at least 16 characters"):
         create_app({"db": str(seeded_db), "admin_token": "short"}, embedder=embedder)
+
+
+def test_the_web_embedder_remembers_question_vectors(embedder):
+    import numpy as np
+
+    from ragserver.embedder import CachedQueries
+
+    cached = CachedQueries(embedder)
+    texts = ["How do I enable WAL mode?", "What is uv?", "How do I enable WAL mode?"]
+    first = cached.embed_queries(texts)
+    again = cached.embed_queries(texts[:2])
+    assert first.shape == (3, 384) and np.allclose(first[0], first[2])
+    assert np.allclose(again, first[:2]) and np.allclose(first, embedder.embed_queries(texts), atol=1e-5)
+    assert cached.embed_queries([]).shape == (0, 384)
+    assert sorted(cached._questions) == sorted(set(texts))  # each embedded once, kept
