@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -145,9 +146,18 @@ def clone_database(request, source: str, folder: Path, name: str) -> str:
     target = make_database(request, "postgresql", folder, name)
     admin_url = request.getfixturevalue("postgres_server")
     template, copy = (url.split("?")[0].rsplit("/", 1)[1] for url in (source, target))
+    # A template must have no sessions. Apps of earlier tests that are gone but not yet
+    # collected (Flask apps hold reference cycles) may still hold read connections to it:
+    # collect them, and end any session that outlived its test.
+    gc.collect()
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE {copy}")
-        admin.execute(f"CREATE DATABASE {copy} TEMPLATE {template}")
+        try:
+            admin.execute(f"CREATE DATABASE {copy} TEMPLATE {template}")
+        except psycopg.errors.ObjectInUse:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (template,))
+            admin.execute(f"CREATE DATABASE {copy} TEMPLATE {template}")
     return target
 
 

@@ -14,7 +14,7 @@ try:
 except ImportError:  # openai 1 and 2
     import httpx
 
-from conftest import running_server
+from conftest import forget_rate_limits, running_server
 from ragserver import create_app
 from ragserver.answer import NO_ANSWER
 from ragserver.web.openai_api import without_sources
@@ -168,6 +168,7 @@ def test_an_unknown_model_is_not_found(server):
 
 def test_questions_over_the_rate_raise_rate_limit_error(seeded_db, tmp_path_factory):
     """One question a minute, answered without a language model (quotes from the posts)."""
+    forget_rate_limits(seeded_db)  # PostgreSQL's shared buckets remember earlier tests' questions
     env = {"RAGSERVER_ASK_RATE": "1", "RAGSERVER_LLM_MODEL": "none"}
     messages = [{"role": "user", "content": WAL_QUESTION}]
     log = tmp_path_factory.mktemp("gunicorn") / "server.log"
