@@ -117,9 +117,9 @@ results["stored"] = len(app.extensions["ragserver"].activity.turns_since(0))
 print(json.dumps(results))
 """
     result = _in_mount_namespace(
-        f'mount -t tmpfs -o size=1m tmpfs "$DISK"\n'
-        f'python -c "$SCRIPT"\n'
-        f'cp "$DISK"/activity.db* "$OUT"/\n', DISK=str(disk), OUT=str(out), SCRIPT=script)
+        'mount -t tmpfs -o size=1m tmpfs "$DISK"\n'
+        'python -c "$SCRIPT"\n'
+        'cp "$DISK"/activity.db* "$OUT"/\n', DISK=str(disk), OUT=str(out), SCRIPT=script)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["before"] and found["full"] == [True] * 3 and found["after"]
