@@ -46,7 +46,9 @@ TABLES = [
         timings TEXT NOT NULL DEFAULT '{}',
         error TEXT NOT NULL DEFAULT '',
         asked REAL NOT NULL,
-        finished REAL)""",
+        finished REAL,
+        vector BLOB,                   -- the question's float32 vector, for the report
+        vector_model TEXT)             -- the embedding model that made it""",
     "CREATE INDEX IF NOT EXISTS activity_turns_conversation ON activity_turns (conversation, asked)",
     "CREATE INDEX IF NOT EXISTS activity_turns_asked ON activity_turns (asked)",
     """CREATE TABLE IF NOT EXISTS activity_feedback (
@@ -178,6 +180,7 @@ class Activity:
         for statement in TABLES:
             if self.postgres:
                 statement = statement.replace(" REAL", " double precision")
+                statement = statement.replace(" BLOB", " bytea")
             conn.execute(statement)
 
     def _drop_connection(self) -> None:
@@ -264,14 +267,24 @@ class Activity:
 
     def finish_turn(self, turn_id: str, *, answer: str, state: str, answered: bool | None,
                     similarity: float | None, sources: list, quick: dict | None,
-                    segments: list, timings: dict, error: str) -> None:
-        """The turn's answer ended (done, stopped or failed): keep what it became."""
+                    segments: list, timings: dict, error: str,
+                    vector: tuple[bytes, str] | None = None) -> None:
+        """The turn's answer ended (done, stopped or failed): keep what it became.
+        `vector`: the question's float32 vector and the model that made it."""
+        blob, model = vector or (None, None)
         self.write(("UPDATE activity_turns SET answer = ?, state = ?, answered = ?, "
                     "similarity = ?, sources = ?, quick = ?, segments = ?, timings = ?, "
-                    "error = ?, finished = ? WHERE id = ?",
+                    "error = ?, finished = ?, vector = ?, vector_model = ? WHERE id = ?",
                     (answer, state, None if answered is None else int(answered), similarity,
                      _json(sources), None if quick is None else _json(quick), _json(segments),
-                     _json(timings), error, time.time(), turn_id)))
+                     _json(timings), error, time.time(), blob, model, turn_id)))
+
+    def question_vectors(self, since: float, model: str) -> dict[str, bytes]:
+        """{question: float32 bytes} of the questions asked since `since` whose vector
+        `model` made when they were asked."""
+        rows = self.read("SELECT question, vector FROM activity_turns WHERE asked >= ? "
+                         "AND vector IS NOT NULL AND vector_model = ?", (since, model))
+        return {question: bytes(vector) for question, vector in rows}
 
     def turn(self, turn_id: str) -> StoredTurn | None:
         rows = self.read(f"SELECT {', '.join(TURN_COLUMNS)} FROM activity_turns WHERE id = ?",

@@ -51,7 +51,8 @@ def normalise(text: str) -> str:
     return " ".join(text.casefold().split()).rstrip("?!. ")
 
 
-def group(texts: list[str], ids: list[str], embedder, threshold: float) -> list[Group]:
+def group(texts: list[str], ids: list[str], embedder, threshold: float,
+          known: dict[str, np.ndarray] | None = None) -> list[Group]:
     """Group texts whose meaning is close: each distinct wording joins the group whose
     first (most asked) wording it is most similar to, if at least `threshold`, else
     starts a group. Most asked wordings go first, so they lead their groups; groups come
@@ -63,7 +64,7 @@ def group(texts: list[str], ids: list[str], embedder, threshold: float) -> list[
         wordings.setdefault(normalise(text), []).append(i)
     keys = sorted(wordings, key=lambda k: (-len(wordings[k]), k))
     firsts = [texts[wordings[k][0]] for k in keys]
-    vectors = _embed(embedder, firsts)
+    vectors = _embed(embedder, firsts, known or {})
     leaders: list[int] = []  # index into keys of each group's first wording
     members: list[list[int]] = []
     for i in range(len(keys)):
@@ -87,11 +88,24 @@ def group(texts: list[str], ids: list[str], embedder, threshold: float) -> list[
     return sorted(groups, key=lambda g: (-g.count, g.questions[0]))
 
 
-def _embed(embedder, texts: list[str]) -> np.ndarray:
-    many = getattr(embedder, "embed_queries", None)
-    if many is not None:
-        return np.asarray(many(texts), dtype=np.float32)
-    return np.asarray([embedder.embed_query(t) for t in texts], dtype=np.float32)
+def _embed(embedder, texts: list[str], known: dict[str, np.ndarray]) -> np.ndarray:
+    """Vectors of texts: those `known` (kept when they were asked), the rest embedded now."""
+    missing = [t for t in dict.fromkeys(texts) if t not in known]
+    if missing:
+        many = getattr(embedder, "embed_queries", None)
+        fresh = many(missing) if many is not None else [embedder.embed_query(t) for t in missing]
+        known = {**known, **dict(zip(missing, np.asarray(fresh, dtype=np.float32)))}
+    return np.stack([known[t] for t in texts]).astype(np.float32)
+
+
+def question_vectors(store: Activity, embedder, since: float) -> dict[str, np.ndarray]:
+    """The vectors kept with the questions, where this embedder's model made them (the
+    question is embedded once, when it is asked; the report then embeds only the rest)."""
+    info = getattr(embedder, "info", None)
+    if info is None:
+        return {}
+    return {question: vector for question, blob in store.question_vectors(since, info.name).items()
+            if len(vector := np.frombuffer(blob, dtype=np.float32)) == info.dimension}
 
 
 def unanswered(turn: StoredTurn, min_score: float) -> str | None:
@@ -121,10 +135,12 @@ def build_report(store: Activity, embedder, *, since: float, min_score: float,
     start = now - since
     turns = [t for t in store.turns_since(start) if t.asked <= now]
     by_id = {t.id: t for t in turns}
-    asked = group([t.question for t in turns], [t.id for t in turns], embedder, SAME_QUESTION)
+    known = question_vectors(store, embedder, start)
+    asked = group([t.question for t in turns], [t.id for t in turns], embedder, SAME_QUESTION,
+                  known)
     missed = [(t, why) for t in turns if (why := unanswered(t, min_score))]
     themes = group([t.question for t, _ in missed], [t.id for t, _ in missed], embedder,
-                   THEME_SIMILARITY)
+                   THEME_SIMILARITY, known)
     reasons = {t.id: why for t, why in missed}
     feedback = store.feedback_since(start)
     down = [f for f in feedback if f["vote"] < 0 and f["turn"] in by_id]

@@ -395,3 +395,30 @@ def test_the_web_embedder_remembers_question_vectors(embedder):
     assert np.allclose(again, first[:2]) and np.allclose(first, embedder.embed_queries(texts), atol=1e-5)
     assert cached.embed_queries([]).shape == (0, 384)
     assert sorted(cached._questions) == sorted(set(texts))  # each embedded once, kept
+
+
+def test_a_question_is_embedded_once_and_the_report_reuses_its_vector(client, embedder):
+    import numpy as np
+
+    turn_id = ask_without_javascript(client, "How do I enable WAL mode, please?")
+    store = client.application.extensions["ragserver"].activity
+    kept = store.question_vectors(0, embedder.info.name)
+    vector = np.frombuffer(kept["How do I enable WAL mode, please?"], dtype=np.float32)
+    assert np.allclose(vector, embedder.embed_query("How do I enable WAL mode, please?"), atol=1e-5)
+    assert store.question_vectors(0, "another/model") == {}
+
+    class Counting:  # the real embedder, counting what the report embeds
+        info = embedder.info
+
+        def __init__(self):
+            self.embedded = []
+
+        def embed_queries(self, texts):
+            self.embedded += texts
+            return embedder.embed_queries(texts)
+
+    counting = Counting()
+    store.start_turn("later", "c-later", "What is uv?", "chat")  # asked, never finished
+    report = build_report(store, counting, since=DAY, min_score=0.45)
+    assert report["totals"]["questions"] >= 2 and store.turn(turn_id).state == "done"
+    assert counting.embedded == ["What is uv?"]

@@ -151,9 +151,20 @@ def _run_turn(cid: str, turn: Turn, history: list[dict] | None = None, **options
             turn.apply(event)
             yield event
     finally:
-        conversations.finish(turn)
         if turn.place:
             turn.place.give_back()
+        turn.vector = _question_vector(turn.question)
+        conversations.finish(turn)
+
+
+def _question_vector(question: str) -> tuple[bytes, str] | None:
+    """The question's vector as the owner's report uses it, kept with the turn so that the
+    report need not embed it again (retrieval embedded it already: the embedder caches it)."""
+    try:
+        embedder = services().embedder()
+        return embedder.embed_query(question).astype("float32").tobytes(), embedder.info.name
+    except Exception:  # no embedding model: the report embeds the question when it runs
+        return None
 
 
 @bp.get("/chat/stream/<turn_id>")

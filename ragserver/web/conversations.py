@@ -40,6 +40,7 @@ class Turn:
     stop: threading.Event = field(default_factory=threading.Event)
     place: Place | None = None  # at the model, from the form post until the answer ends
     started: bool = False  # claimed by its stream (or the no-JavaScript answer)
+    vector: tuple[bytes, str] | None = None  # the question's vector and model, for the report
 
     @classmethod
     def from_stored(cls, stored: StoredTurn) -> "Turn":
@@ -122,7 +123,7 @@ class Conversations:
                                    answered=turn.answered, similarity=turn.similarity,
                                    sources=turn.sources, quick=turn.quick,
                                    segments=turn.segments, timings=turn.timings,
-                                   error=turn.error)
+                                   error=turn.error, vector=turn.vector)
 
     def find(self, turn_id: str) -> Turn | None:
         """A turn by id: the live one if this worker has it, else as stored."""
