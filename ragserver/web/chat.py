@@ -153,17 +153,19 @@ def _run_turn(cid: str, turn: Turn, history: list[dict] | None = None, **options
     finally:
         if turn.place:
             turn.place.give_back()
-        turn.vector = _question_vector(turn.question)
+        if turn.timings.get("retrieval_ms") is not None:  # retrieval ran: the model is loaded
+            turn.vector = _question_vector(turn.question)
         conversations.finish(turn)
 
 
 def _question_vector(question: str) -> tuple[bytes, str] | None:
     """The question's vector as the owner's report uses it, kept with the turn so that the
-    report need not embed it again (retrieval embedded it already: the embedder caches it)."""
+    report need not embed it again. Retrieval embedded the question itself first, and the
+    web embedder caches query vectors: this is a lookup, not a second embedding."""
     try:
         embedder = services().embedder()
         return embedder.embed_query(question).astype("float32").tobytes(), embedder.info.name
-    except Exception:  # no embedding model: the report embeds the question when it runs
+    except Exception:  # no vector: the report embeds the question when it runs
         return None
 
 
@@ -240,8 +242,9 @@ def permalink(turn_id: str):
 VOTES = {"up": 1, "down": -1}
 
 
-def record_feedback(turn_id: str, vote, comment) -> tuple[int, str]:
-    """(HTTP status, what to tell the reader) for a reader's mark on an answer."""
+def record_feedback(turn: Turn | None, vote, comment) -> tuple[int, str]:
+    """(HTTP status, what to tell the reader) for a reader's mark on an answer (`turn`,
+    None when no answer has the id)."""
     svc = services()
     if vote not in VOTES:
         return 400, "Say whether the answer helped: vote up or down."
@@ -254,12 +257,11 @@ def record_feedback(turn_id: str, vote, comment) -> tuple[int, str]:
         return 429, f"Too much feedback from your address: please wait {retry_after(wait)} seconds."
     if svc.activity is None:
         return 503, "This server does not keep feedback (RAGSERVER_ACTIVITY_DB is off)."
-    turn = svc.conversations.find(turn_id)
     if turn is None:
         return 404, "There is no such answer (it may have been deleted after its retention period)."
     if turn.state == "pending":
         return 409, "The answer is not finished yet."
-    if not svc.activity.add_feedback(turn_id, VOTES[vote], comment):
+    if not svc.activity.add_feedback(turn.id, VOTES[vote], comment):
         return 503, "Your feedback could not be saved just now; please try again in a minute."
     return 200, "Thank you: your feedback was recorded."
 
@@ -268,8 +270,8 @@ def record_feedback(turn_id: str, vote, comment) -> tuple[int, str]:
 def feedback(turn_id: str):
     """Thumbs up or down with an optional comment, from the form under an answer."""
     comment = request.form.get("comment") or ""
-    status, message = record_feedback(turn_id, request.form.get("vote"), comment)
     turn = services().conversations.find(turn_id)
+    status, message = record_feedback(turn, request.form.get("vote"), comment)
     if request.htmx:
         # htmx swaps only 2xx responses: a refusal comes back as the form with its message
         # and the reader's comment, so nothing typed is lost.
@@ -293,8 +295,8 @@ def api_feedback():
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
         return jsonify(error='send a JSON object: {"id": ..., "vote": "up" or "down", '
                              '"comment": ...}'), 400
-    status, message = record_feedback(payload["id"], payload.get("vote"),
-                                      payload.get("comment") or "")
+    status, message = record_feedback(services().conversations.find(payload["id"]),
+                                      payload.get("vote"), payload.get("comment") or "")
     if status != 200:
         return jsonify(error=message), status
     return jsonify(ok=True, message=message)
