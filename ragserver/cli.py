@@ -921,10 +921,10 @@ def activity_prune(db, days):
 
     settings = _settings(db)
     store = _activity(settings)
-    days = settings.activity_days if days is None else days
-    if days == 0 and settings.activity_days == 0:
+    if days is None and settings.activity_days == 0:
         raise click.ClickException("RAGSERVER_ACTIVITY_DAYS is 0 (keep everything): "
                                    "say how much to keep with --days N.")
+    days = settings.activity_days if days is None else days
     try:
         removed = store.prune(days)
     except ActivityUnavailable as error:
